@@ -1,0 +1,269 @@
+"""Checkpoint conversion machinery shared by every converter: safetensors I/O and declarative name tables.
+
+A converter is a list of `Rule`s, each mapping one of our parameters (a '/'-joined path) to one source tensor name
+and saying how the layout changes. Stacked (scanned) parameters name their source with `{i}` for the layer index.
+`convert` applies the table and fails on every missing, unexpected or mis-shaped tensor, naming it; `export` is the
+exact inverse, so a round trip is bit-exact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import struct
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import ml_dtypes
+import numpy as np
+from tqdm import tqdm
+
+_DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
+           "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+class ConversionError(ValueError):
+  """A checkpoint does not match what the model expects; the message names every offending tensor."""
+
+
+# --- safetensors -------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredTensor:
+  """A tensor inside a safetensors file, read lazily by memory map (bf16 included, no fp32 round trip)."""
+  path: Path
+  offset: int
+  dtype: np.dtype
+  shape: tuple[int, ...]
+
+  def load(self) -> np.ndarray:
+    count = math.prod(self.shape)
+    return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(count,)).reshape(self.shape)
+
+
+def _read_header(path: Path) -> dict[str, StoredTensor]:
+  with open(path, "rb") as f:
+    (size,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(size))
+  tensors = {}
+  for name, info in header.items():
+    if name == "__metadata__":
+      continue
+    if info["dtype"] not in _DTYPES:
+      raise ConversionError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
+    start, _ = info["data_offsets"]
+    tensors[name] = StoredTensor(path, 8 + size + start, np.dtype(_DTYPES[info["dtype"]]), tuple(info["shape"]))
+  return tensors
+
+
+def open_safetensors(folder: str | os.PathLike) -> dict[str, StoredTensor]:
+  """Every tensor of a checkpoint folder: `model.safetensors`, or the shards of its index, or all `*.safetensors`."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise ConversionError(f"checkpoint folder {folder} does not exist")
+  index = folder / "model.safetensors.index.json"
+  if index.exists():
+    files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+  else:
+    files = sorted(folder.glob("*.safetensors"))
+  if not files:
+    raise ConversionError(f"no *.safetensors files in {folder}")
+  tensors = {}
+  for path in files:
+    if not path.exists():
+      raise ConversionError(f"shard {path.name} listed in {index.name} is missing from {folder}")
+    tensors.update(_read_header(path))
+  return tensors
+
+
+def save_safetensors(tensors: Mapping[str, np.ndarray], folder: str | os.PathLike,
+                     max_shard_bytes: int = 5 * 2**30) -> None:
+  """Write `tensors` as `model.safetensors`, or as shards plus `model.safetensors.index.json` when large."""
+  folder = Path(folder)
+  folder.mkdir(parents=True, exist_ok=True)
+  shards, current, current_bytes = [], {}, 0
+  for name in sorted(tensors):
+    nbytes = tensors[name].nbytes
+    if current and current_bytes + nbytes > max_shard_bytes:
+      shards.append(current)
+      current, current_bytes = {}, 0
+    current[name] = tensors[name]
+    current_bytes += nbytes
+  shards.append(current)
+  names = ["model.safetensors"] if len(shards) == 1 else \
+      [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+  for file_name, shard in zip(names, shards):
+    _write_file(folder / file_name, shard)
+  if len(shards) > 1:
+    weight_map = {name: file_name for file_name, shard in zip(names, shards) for name in shard}
+    total = sum(t.nbytes for t in tensors.values())
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+
+
+def _write_file(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+  header, offset = {"__metadata__": {"format": "pt"}}, 0
+  for name, array in tensors.items():
+    header[name] = {"dtype": _NAMES[np.dtype(array.dtype)], "shape": list(array.shape),
+                    "data_offsets": [offset, offset + array.nbytes]}
+    offset += array.nbytes
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)
+  with open(path, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for array in tensors.values():
+      f.write(np.ascontiguousarray(array).tobytes())
+
+
+# --- declarative tables ------------------------------------------------------------------------------------------
+
+# How a source tensor's layout becomes ours. "dense": PyTorch Linear (out, in) → kernel (in, *out) (out split into
+# heads when the target says so); "dense_out": Linear (out, in) → kernel (*in, out), in split into (heads, head_dim);
+# "conv": Conv2d (O, I, kh, kw) → (kh, kw, I, O); "heads": a flat bias (N·H,) → (N, H); "copy": unchanged.
+KINDS = ("dense", "dense_out", "conv", "heads", "copy")
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  target: str             # our parameter path, '/'-joined
+  source: str             # source tensor name; '{i}' = layer index for stacked parameters
+  kind: str = "copy"
+
+  @property
+  def stacked(self) -> bool:
+    return "{i}" in self.source
+
+
+def _to_ours(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+  if kind in ("dense", "dense_out"):
+    array = array.T
+  elif kind == "conv":
+    array = array.transpose(2, 3, 1, 0)
+  return array.reshape(shape)
+
+
+def _to_source(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray:
+  if kind in ("dense", "dense_out"):
+    return array.reshape(shape[1], shape[0]).T
+  if kind == "conv":
+    return array.reshape(shape[2], shape[3], shape[1], shape[0]).transpose(3, 2, 0, 1)
+  return array.reshape(shape)
+
+
+def source_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The PyTorch shape of one (per-layer) tensor whose target shape is `shape`."""
+  if kind == "dense":
+    return (math.prod(shape[1:]), shape[0])
+  if kind == "dense_out":
+    return (shape[-1], math.prod(shape[:-1]))
+  if kind == "conv":
+    return (shape[3], shape[2], shape[0], shape[1])
+  if kind == "heads":
+    return (math.prod(shape),)
+  return tuple(shape)
+
+
+def count_layers(names: Iterable[str], pattern: str) -> int:
+  """Number of layers present for a source pattern with '{i}' (max index + 1; 0 when absent); gaps are errors."""
+  regex = re.compile(re.escape(pattern).replace(re.escape("{i}"), r"(\d+)") + "$")
+  found = sorted({int(m.group(1)) for n in names if (m := regex.match(n))})
+  if found and found != list(range(len(found))):
+    raise ConversionError(f"layers of {pattern!r} are not contiguous: found indices {found}")
+  return len(found)
+
+
+def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Mapping[str, tuple[int, ...]],
+            num_layers: Mapping[str, int], dtype=None, ignore: Iterable[str] = ()) -> dict[str, np.ndarray]:
+  """Apply `rules` to the source `tensors`; returns flat {our path: array}.
+
+  expected: our path → shape (from `jax.eval_shape` of the model's init). num_layers: our path prefix of each stack
+  → layer count. dtype: cast to this (None keeps each tensor's stored dtype). ignore: source names (regexes) that
+  are known not to be parameters (e.g. rotary `inv_freq` buffers). Every problem is collected and raised together.
+  """
+  problems, out, used = [], {}, set()
+  ignore = [re.compile(p) for p in ignore]
+  targets = {r.target for r in rules}
+  problems += [f"model parameter {p!r} has no rule" for p in expected if p not in targets]
+  for rule in tqdm(rules, desc="converting", unit="param", leave=False):
+    if rule.target not in expected:
+      problems.append(f"rule target {rule.target!r} is not a parameter of the model")
+      continue
+    shape = tuple(expected[rule.target])
+    layers = next((n for prefix, n in num_layers.items() if rule.target.startswith(prefix + "/")), None) \
+        if rule.stacked else None
+    names = [rule.source.format(i=i) for i in range(layers)] if rule.stacked else [rule.source]
+    per_layer = shape[1:] if rule.stacked else shape
+    want = source_shape(rule.kind, per_layer)
+    missing = [n for n in names if n not in tensors]
+    if missing:
+      problems.append(f"missing tensor {missing[0]!r}" + (f" (and {len(missing) - 1} more layers)"
+                                                         if len(missing) > 1 else ""))
+      continue
+    bad = [(n, tensors[n].shape) for n in names if tuple(tensors[n].shape) != want]
+    if bad:
+      problems.append(f"tensor {bad[0][0]!r} has shape {bad[0][1]}, expected {want} for {rule.target!r}")
+      continue
+    target_dtype = tensors[names[0]].dtype if dtype is None else \
+        np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    array = np.empty(shape, target_dtype)
+    for i, name in enumerate(names):
+      value = _to_ours(tensors[name].load(), rule.kind, per_layer)
+      if rule.stacked:
+        array[i] = value
+      else:
+        array[...] = value
+    out[rule.target] = array
+    used.update(names)
+  unexpected = sorted(n for n in tensors if n not in used and not any(p.search(n) for p in ignore))
+  if unexpected:
+    problems.append(f"unexpected tensors in the checkpoint: {unexpected[:10]}"
+                    + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
+  if problems:
+    raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+  return out
+
+
+def export(params: Mapping[str, np.ndarray], rules: list[Rule]) -> dict[str, np.ndarray]:
+  """The inverse of `convert`: flat {our path: array} → {source name: array in the source layout}."""
+  out = {}
+  for rule in rules:
+    if rule.target not in params:
+      raise ConversionError(f"parameter {rule.target!r} is missing from the checkpoint being exported")
+    array = np.asarray(params[rule.target])
+    per_layer = array.shape[1:] if rule.stacked else array.shape
+    shape = source_shape(rule.kind, per_layer)
+    if rule.stacked:
+      for i in range(array.shape[0]):
+        out[rule.source.format(i=i)] = np.ascontiguousarray(_to_source(array[i], rule.kind, shape))
+    else:
+      out[rule.source] = np.ascontiguousarray(_to_source(array, rule.kind, shape))
+  return out
+
+
+def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
+  """{"a": {"b": x}} → {"a/b": x}."""
+  out = {}
+  for key, value in tree.items():
+    path = f"{prefix}/{key}" if prefix else key
+    if isinstance(value, Mapping):
+      out.update(flatten(value, path))
+    else:
+      out[path] = value
+  return out
+
+
+def unflatten(flat: Mapping[str, object]) -> dict:
+  out: dict = {}
+  for path, value in flat.items():
+    node = out
+    *parents, leaf = path.split("/")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return out

@@ -1,0 +1,230 @@
+"""LLaVA-OneVision: SigLIP tower → 2-layer GELU projector → features spliced into Qwen2's input embeddings.
+
+`LlavaOnevision` is the Flax module (jittable; visual layout given as arrays). `LlavaOnevisionForConditionalGeneration`
+is what `ureward_jax.load` returns: it holds config and params and takes the same numpy arguments as transformers'
+`LlavaOnevisionForConditionalGeneration.forward` (NCHW pixels, (H, W) image sizes), building the visual layout on
+the host (`processing/feature_layout.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ureward_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
+from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
+from ureward_jax.nn.attention import causal_mask
+from ureward_jax.nn.linear import dense, logical
+from ureward_jax.processing import anyres
+from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout
+
+DEFAULT_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
+
+
+@dataclasses.dataclass(frozen=True)
+class LlavaOnevisionConfig:
+  """Architecture and token-layout facts of a converted checkpoint (`config.json` of our checkpoint folders)."""
+  vision: SiglipVisionConfig = SiglipVisionConfig()
+  text: Qwen2Config = Qwen2Config()
+  image_token_id: int = 151646
+  video_token_id: int = 151647
+  image_grid_pinpoints: tuple[tuple[int, int], ...] = DEFAULT_PINPOINTS
+  vision_aspect_ratio: str = "anyres_max_9"
+  projector_hidden_act: str = "gelu"
+  video_newline: str = "one_token"     # HF; UnifiedReward training writes "grid"
+  video_pool: str = "bilinear"
+  unpad_exact_round: bool = True        # HF's model rounds to 7 decimals; LLaVA-NeXT floors
+
+  def layout(self) -> LayoutConfig:
+    return LayoutConfig(tokens_per_side=self.vision.tokens_per_side, tile=self.vision.image_size,
+                        grid_pinpoints=self.image_grid_pinpoints, aspect_ratio=self.vision_aspect_ratio,
+                        video_newline=self.video_newline, video_pool=self.video_pool,
+                        exact_round=self.unpad_exact_round)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["model_type"] = "llava_onevision"
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "LlavaOnevisionConfig":
+    d = {k: v for k, v in d.items() if k not in ("model_type", "source")}
+    d["vision"] = SiglipVisionConfig(**d["vision"])
+    d["text"] = Qwen2Config(**d["text"])
+    d["image_grid_pinpoints"] = tuple(tuple(p) for p in d["image_grid_pinpoints"])
+    return cls(**d)
+
+
+_PROJECTOR_ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
+                          "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
+
+
+class MultiModalProjector(nn.Module):
+  """linear_1 (Dv → D) → GELU (exact erf by default) → linear_2 (D → D)."""
+  hidden_size: int
+  act: str = "gelu"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = dense(self.hidden_size, ("vision_embed", "embed"), name="linear_1", **kw)(x)
+    x = _PROJECTOR_ACTIVATIONS[self.act](x)
+    return dense(self.hidden_size, ("embed", "embed_out"), name="linear_2", **kw)(x)
+
+
+class LlavaOnevision(nn.Module):
+  """Params: `vision_tower`, `multi_modal_projector/{linear_1,linear_2}`, `image_newline` (D,), `language_model`."""
+  config: LlavaOnevisionConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+  attention_backend: str = "xla"
+
+  def setup(self):
+    cfg = self.config
+    if cfg.projector_hidden_act not in _PROJECTOR_ACTIVATIONS:
+      raise ValueError(f"projector activation {cfg.projector_hidden_act!r} is not supported; "
+                       f"expected one of {list(_PROJECTOR_ACTIVATIONS)}")
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
+              attention_backend=self.attention_backend)
+    self.vision_tower = SiglipVisionTower(cfg.vision, **kw)
+    self.multi_modal_projector = MultiModalProjector(cfg.text.hidden_size, cfg.projector_hidden_act,
+                                                     dtype=self.dtype, param_dtype=self.param_dtype)
+    self.image_newline = self.param("image_newline", logical(nn.initializers.normal(cfg.text.hidden_size**-0.5),
+                                                             ("embed",)), (cfg.text.hidden_size,), self.param_dtype)
+    self.language_model = Qwen2ForCausalLM(cfg.text, **kw)
+
+  def visual_features(self, pixels: jax.Array) -> jax.Array:
+    """pixels (P, H, W, 3) → projected features (P, L, D)."""
+    return self.multi_modal_projector(self.vision_tower(pixels)["features"])
+
+  def embed(self, input_ids: jax.Array, pixels: jax.Array | None = None, visual_src: jax.Array | None = None,
+            visual_weight: jax.Array | None = None, visual_dest: jax.Array | None = None) -> jax.Array:
+    """Token embeddings (B, T, D) with visual tokens written at `visual_dest` (V,) flat positions in B·T.
+
+    visual_src/visual_weight (V, 4): the layout of `build_layout` over the P patches of `pixels`.
+    """
+    embeds = self.language_model.embed(input_ids)
+    if pixels is None:
+      return embeds
+    features = self.visual_features(pixels)
+    table = jnp.concatenate([features.reshape(-1, features.shape[-1]),
+                             self.image_newline[None].astype(features.dtype)])
+    visual = jnp.einsum("vk,vkd->vd", visual_weight.astype(table.dtype), table[visual_src])
+    batch, length, width = embeds.shape
+    embeds = embeds.reshape(batch * length, width).at[visual_dest].set(visual.astype(embeds.dtype))
+    return embeds.reshape(batch, length, width)
+
+  def __call__(self, input_ids, attention_mask, positions, pixels=None, visual_src=None, visual_weight=None,
+               visual_dest=None, return_hidden: bool = False):
+    """input_ids, attention_mask, positions (B, T) → logits (B, T, V) (or hidden states (B, T, D))."""
+    embeds = self.embed(input_ids, pixels, visual_src, visual_weight, visual_dest)
+    mask = causal_mask(jnp.arange(input_ids.shape[1]), attention_mask.astype(bool))
+    out, _ = self.language_model(embeds, positions, mask, return_hidden=return_hidden)
+    return out
+
+
+def _visual_inputs(config: LlavaOnevisionConfig, input_ids, pixel_values, image_sizes, pixel_values_videos,
+                   batch_num_images):
+  """Host side of `forward`: patches (P, H, W, 3) and the layout arrays, from transformers-style arguments."""
+  items, patches = [], []
+  if pixel_values is not None:
+    pixel_values = np.asarray(pixel_values)
+    if pixel_values.ndim == 4:
+      pixel_values = pixel_values[:, None]
+    if image_sizes is None:
+      raise ValueError("pixel_values needs image_sizes ((H, W) per image)")
+    image_sizes = np.asarray(image_sizes).reshape(-1, 2)
+    if len(image_sizes) != len(pixel_values):
+      raise ValueError(f"{len(pixel_values)} images in pixel_values but {len(image_sizes)} image_sizes")
+    tiled = [True] * len(image_sizes) if batch_num_images is None else \
+        [n == 1 for n in np.asarray(batch_num_images).tolist() for _ in range(n)]
+    for pixels, size, tile in zip(pixel_values, image_sizes, tiled):
+      size = (int(size[0]), int(size[1]))
+      n = anyres.num_patches(size, config.image_grid_pinpoints, config.vision.image_size) if tile else 1
+      if n > pixels.shape[0]:
+        raise ValueError(f"an image of size {size} needs {n} patches but pixel_values holds {pixels.shape[0]}")
+      items.append(VisualItem("tiled", n, size) if tile else VisualItem("single"))
+      patches.append(pixels[:n])
+  num_image_items = len(items)
+  if pixel_values_videos is not None:
+    for frames in np.asarray(pixel_values_videos):
+      items.append(VisualItem("video", frames.shape[0]))
+      patches.append(frames)
+  if not items:
+    return None, None, None, None
+  src, weight = build_layout(items, config.layout())
+  layout = config.layout()
+  counts = [build_layout([item], layout)[0].shape[0] for item in items]
+  ids = np.asarray(input_ids)
+  dest = []
+  for token_id, n_expected, what in ((config.image_token_id, sum(counts[:num_image_items]), "image"),
+                                     (config.video_token_id, sum(counts[num_image_items:]), "video")):
+    positions = np.flatnonzero(ids.reshape(-1) == token_id)
+    if len(positions) != n_expected:
+      raise ValueError(f"{what} features and {what} tokens do not match: {len(positions)} placeholder tokens "
+                       f"(id {token_id}) in input_ids, {n_expected} features")
+    dest.append(positions)
+  pixels = np.concatenate(patches).transpose(0, 2, 3, 1)
+  return pixels, src, weight, np.concatenate(dest).astype(np.int32)
+
+
+@dataclasses.dataclass
+class LlavaOnevisionForConditionalGeneration:
+  """A loaded checkpoint: `config`, `params`, the Flax `module`, and transformers-compatible `forward`."""
+  config: LlavaOnevisionConfig
+  params: Any
+  module: LlavaOnevision
+
+  @classmethod
+  def from_params(cls, config: LlavaOnevisionConfig, params, dtype=jnp.float32, **module_kwargs):
+    return cls(config, params, LlavaOnevision(config, dtype=dtype, **module_kwargs))
+
+  @functools.cached_property
+  def _jitted(self):
+    return jax.jit(self.module.apply)
+
+  def forward(self, input_ids, pixel_values=None, image_sizes=None, pixel_values_videos=None,
+              image_sizes_videos=None, attention_mask=None, position_ids=None, batch_num_images=None) -> np.ndarray:
+    """Logits (B, T, V) as numpy, for the arguments of transformers' `LlavaOnevisionForConditionalGeneration`.
+
+    pixel_values (n_images, max_patches, 3, H, W) NCHW as the processor pads them; image_sizes (n_images, 2) as
+    (H, W); pixel_values_videos (n_videos, frames, 3, H, W). Without `position_ids`, positions are 0..T-1 in every
+    row as in transformers (pass them for left-padded batches). `image_sizes_videos` is accepted and unused, as there.
+    """
+    del image_sizes_videos
+    input_ids = np.asarray(input_ids)
+    batch, length = input_ids.shape
+    attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
+    if position_ids is None:
+      position_ids = np.broadcast_to(np.arange(length), (batch, length))
+    pixels, src, weight, dest = _visual_inputs(self.config, input_ids, pixel_values, image_sizes,
+                                               pixel_values_videos, batch_num_images)
+    logits = self._jitted({"params": self.params}, input_ids, attention_mask, np.asarray(position_ids), pixels, src,
+                          weight, dest)
+    return np.asarray(logits)
+
+
+def init_params(config: LlavaOnevisionConfig, rng: jax.Array, param_dtype=jnp.float32):
+  """Randomly initialised params (with logical-axis metadata boxes) touching every parameter once."""
+  module = LlavaOnevision(config, param_dtype=param_dtype)
+  side = config.vision.image_size
+  tokens = config.vision.tokens_per_side**2
+  ids = jnp.zeros((1, 2), jnp.int32)
+  pixels = jnp.zeros((1, side, side, config.vision.num_channels))
+  src = jnp.zeros((1, 4), jnp.int32).at[0, 0].set(tokens)
+  return module.init(rng, ids, jnp.ones((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32), pixels, src,
+                     jnp.ones((1, 4)), jnp.zeros((1,), jnp.int32))["params"]
+
+
+def param_shapes(config: LlavaOnevisionConfig) -> dict:
+  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+  return nn.unbox(jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0)))

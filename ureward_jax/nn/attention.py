@@ -1,0 +1,52 @@
+"""Scaled dot-product attention: one function, several backends, grouped-query heads built in.
+
+Layouts: query (B, T, N, H), key and value (B, S, K, H) with N a multiple of K (query head n reads kv head
+n // (N / K), as `repeat_kv` does), mask (B, 1 | N, T, S) boolean with True = may attend. Output (B, T, N, H).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+BACKENDS = ("xla", "cudnn")
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None, *,
+                          backend: str = "xla") -> jax.Array:
+  """Softmax(q kᵀ / √H) v with the softmax in fp32; rows with no allowed key come out as the mean of the values."""
+  if backend == "xla":
+    return _xla_attention(query, key, value, mask)
+  if backend == "cudnn":
+    return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
+  raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _xla_attention(query, key, value, mask):
+  batch, q_len, num_heads, head_dim = query.shape
+  num_kv_heads = key.shape[2]
+  if num_heads % num_kv_heads:
+    raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
+  groups = num_heads // num_kv_heads
+  query = query.reshape(batch, q_len, num_kv_heads, groups, head_dim)
+  logits = jnp.einsum("btkgh,bskh->bkgts", query, key, preferred_element_type=jnp.float32)
+  logits = logits * (head_dim**-0.5)
+  if mask is not None:
+    mask = mask.reshape(mask.shape[0], -1, 1, *mask.shape[-2:]) if mask.shape[1] == 1 else \
+        mask.reshape(mask.shape[0], num_kv_heads, groups, *mask.shape[-2:])
+    # The most negative finite value, as an additive mask in PyTorch: a fully masked row stays finite.
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, value)
+  return out.reshape(batch, q_len, num_heads, head_dim)
+
+
+def causal_mask(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
+  """(B, 1, T, S) mask: query at slot t sees key slots s <= t that hold a real token.
+
+  query_slots: (T,) or (B, T) slot index of each query in the key sequence. key_valid: (B, S) bool.
+  """
+  key_slots = jnp.arange(key_valid.shape[-1])
+  query_slots = jnp.broadcast_to(query_slots, (key_valid.shape[0],) + query_slots.shape[-1:])
+  causal = key_slots[None, None, :] <= query_slots[:, :, None]
+  return (causal & key_valid[:, None, :])[:, None]

@@ -1,0 +1,27 @@
+"""Dense layers whose parameters carry logical axis names (mapped to mesh axes only in `parallel.py`)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+default_kernel_init = nn.initializers.normal(stddev=0.02)
+
+
+def logical(init, names: Sequence[str | None]):
+  """An initialiser whose parameter is annotated with logical axis names."""
+  return nn.with_logical_partitioning(init, tuple(names))
+
+
+def dense(features: int | Sequence[int], axes: Sequence[str], *, name: str | None = None, use_bias: bool = True, dtype=None,
+          param_dtype=jnp.float32, contract: int | Sequence[int] = -1) -> nn.DenseGeneral:
+  """A `DenseGeneral` whose kernel has logical `axes` (input axes then output axes); the bias takes the output axes.
+
+  `contract` names the input axes summed over (-1 for a plain Linear; (-2, -1) to fold heads back into the width).
+  """
+  n_out = 1 if isinstance(features, int) else len(features)
+  return nn.DenseGeneral(features=features, axis=contract, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
+                         kernel_init=logical(default_kernel_init, axes),
+                         bias_init=logical(nn.initializers.zeros, axes[-n_out:]), name=name)

@@ -1,0 +1,28 @@
+"""Rematerialisation policies by name, over the `checkpoint_name` tags that the layers set."""
+
+from __future__ import annotations
+
+import jax
+
+# Tags set in the layers: the layer input and the outputs of the big matmuls.
+TAGS = ("layer_input", "query_proj", "key_proj", "value_proj", "attention_out", "mlp_hidden", "mlp_out")
+
+POLICIES = {
+    # Recompute everything in the backward pass: least memory.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep the matmul outputs that do not depend on the batch (weights-only products); recompute the rest.
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_qkv_proj": jax.checkpoint_policies.save_only_these_names("query_proj", "key_proj", "value_proj"),
+    "save_dot_except_mlp": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out"),
+    "save_all": jax.checkpoint_policies.everything_saveable,
+}
+
+
+def remat_policy(name: str):
+  """The `jax.checkpoint` policy for `name`; "none" means no rematerialisation (returns None)."""
+  if name == "none":
+    return None
+  if name not in POLICIES:
+    raise ValueError(f"unknown remat policy {name!r}; choose one of {('none',) + tuple(POLICIES)}")
+  return POLICIES[name]

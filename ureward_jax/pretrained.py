@@ -1,0 +1,69 @@
+"""The checkpoint folder format: `config.json` (our config, with `model_type`), `params/` (Orbax), tokenizer files.
+
+`load(path)` reads any converted folder and returns the model's wrapper (`.config`, `.params`, `.module`,
+`.forward`); `save` writes one. Converters produce these folders; nothing here reads PyTorch formats.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+CONFIG = "config.json"
+PARAMS = "params"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.json", "merges.txt", "chat_template.json", "chat_template.jinja", "generation_config.json",
+                   "preprocessor_config.json", "processor_config.json")
+
+
+def save(path: str | Path, config: dict[str, Any], params: Any, copy_from: str | Path | None = None,
+         files: Iterable[str] = TOKENIZER_FILES) -> Path:
+  """Write a checkpoint folder; tokenizer (and processor) files present in `copy_from` are copied across."""
+  path = Path(path).absolute()
+  path.mkdir(parents=True, exist_ok=True)
+  if (path / PARAMS).exists():
+    raise FileExistsError(f"{path / PARAMS} already exists; choose an empty destination or remove it")
+  (path / CONFIG).write_text(json.dumps(config, indent=2))
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(path / PARAMS, params)
+  if copy_from is not None:
+    for name in files:
+      if (Path(copy_from) / name).exists():
+        shutil.copy(Path(copy_from) / name, path / name)
+  return path
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+  path = Path(path)
+  if not (path / CONFIG).exists():
+    raise FileNotFoundError(f"{path} is not a converted checkpoint folder: {CONFIG} is missing "
+                            "(convert a PyTorch checkpoint first, e.g. `python -m converters.llava_onevision`)")
+  return json.loads((path / CONFIG).read_text())
+
+
+def load_params(path: str | Path, dtype=None) -> Any:
+  """The parameter tree of a checkpoint folder as host numpy arrays, optionally cast to `dtype`."""
+  path = Path(path).absolute()
+  if not (path / PARAMS).exists():
+    raise FileNotFoundError(f"{path / PARAMS} is missing: the checkpoint folder is incomplete")
+  with ocp.StandardCheckpointer() as checkpointer:
+    params = checkpointer.restore(path / PARAMS)
+  return jax.tree.map(lambda x: np.asarray(x, dtype=dtype) if dtype is not None else np.asarray(x), params)
+
+
+def load(path: str | Path, dtype=jnp.float32, param_dtype=None, **module_kwargs):
+  """Load a converted checkpoint folder; `dtype` is the compute dtype, `param_dtype` casts the stored params."""
+  config = read_config(path)
+  model_type = config.get("model_type")
+  if model_type == "llava_onevision":
+    from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+    return LlavaOnevisionForConditionalGeneration.from_params(
+        LlavaOnevisionConfig.from_dict(config), load_params(path, param_dtype), dtype=dtype, **module_kwargs)
+  raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")
