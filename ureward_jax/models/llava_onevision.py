@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ureward_jax.generation.decode import decode, sampling_config
 from ureward_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
 from ureward_jax.nn.attention import causal_mask
@@ -192,6 +193,10 @@ class LlavaOnevisionForConditionalGeneration:
   def _jitted(self):
     return jax.jit(self.module.apply)
 
+  @functools.cached_property
+  def _embed(self):
+    return jax.jit(functools.partial(self.module.apply, method="embed"))
+
   def forward(self, input_ids, pixel_values=None, image_sizes=None, pixel_values_videos=None,
               image_sizes_videos=None, attention_mask=None, position_ids=None, batch_num_images=None) -> np.ndarray:
     """Logits (B, T, V) as numpy, for the arguments of transformers' `LlavaOnevisionForConditionalGeneration`.
@@ -212,6 +217,26 @@ class LlavaOnevisionForConditionalGeneration:
                           weight, dest)
     return np.asarray(logits)
 
+  def generate(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, pixel_values_videos=None,
+               batch_num_images=None, *, max_new_tokens: int = 64, eos_token_id=None, pad_token_id: int = 0,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+    """New tokens (B, max_new_tokens) for a left-padded batch, padded with `pad_token_id` after each row's end.
+
+    Takes the visual arguments of `forward`; greedy when temperature is 0, else sampled with `seed`.
+    """
+    input_ids = np.asarray(input_ids)
+    attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
+    pixels, src, weight, dest = _visual_inputs(self.config, input_ids, pixel_values, image_sizes,
+                                               pixel_values_videos, batch_num_images)
+    embeds = self._embed({"params": self.params}, input_ids, pixels, src, weight, dest)
+    cfg = sampling_config(max_new_tokens, eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
+                          top_k=top_k, top_p=top_p)
+    language_model = Qwen2ForCausalLM(self.config.text, dtype=self.module.dtype, param_dtype=self.module.param_dtype,
+                                      attention_backend=self.module.attention_backend)
+    tokens, _ = decode(language_model, self.params["language_model"], embeds, attention_mask,
+                       jax.random.key(seed), cfg)
+    return np.asarray(tokens)
+
 
 def init_params(config: LlavaOnevisionConfig, rng: jax.Array, param_dtype=jnp.float32):
   """Randomly initialised params (with logical-axis metadata boxes) touching every parameter once."""
@@ -228,3 +253,4 @@ def init_params(config: LlavaOnevisionConfig, rng: jax.Array, param_dtype=jnp.fl
 def param_shapes(config: LlavaOnevisionConfig) -> dict:
   """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
   return nn.unbox(jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0)))
+
