@@ -20,7 +20,7 @@ $(VENV)/.installed: $(PY) pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m bench.demo
+	$(PY) -m launch.demo
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
 test: install
