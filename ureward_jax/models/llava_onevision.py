@@ -23,7 +23,7 @@ from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.nn.linear import dense, logical
 from ureward_jax.processing import anyres
-from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout
+from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
 
 DEFAULT_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
 
@@ -133,10 +133,15 @@ class LlavaOnevision(nn.Module):
     return out
 
 
-def _visual_inputs(config: LlavaOnevisionConfig, input_ids, pixel_values, image_sizes, pixel_values_videos,
-                   batch_num_images):
-  """Host side of `forward`: patches (P, H, W, 3) and the layout arrays, from transformers-style arguments."""
-  items, patches = [], []
+# One image, video or frame as the model receives it: its layout item and its pixels (n_patches, C, H, W), NCHW.
+Visual = tuple[VisualItem, np.ndarray]
+
+
+def hf_visuals(config: LlavaOnevisionConfig, pixel_values=None, image_sizes=None, pixel_values_videos=None,
+               batch_num_images=None) -> list[Visual]:
+  """The visuals of transformers-style arguments: tiled images (untiled when `batch_num_images` says several per
+  sample), then videos; padding patches beyond each image's count are dropped as transformers does."""
+  visuals = []
   if pixel_values is not None:
     pixel_values = np.asarray(pixel_values)
     if pixel_values.ndim == 4:
@@ -148,33 +153,46 @@ def _visual_inputs(config: LlavaOnevisionConfig, input_ids, pixel_values, image_
       raise ValueError(f"{len(pixel_values)} images in pixel_values but {len(image_sizes)} image_sizes")
     tiled = [True] * len(image_sizes) if batch_num_images is None else \
         [n == 1 for n in np.asarray(batch_num_images).tolist() for _ in range(n)]
+    if len(tiled) != len(image_sizes):
+      raise ValueError(f"batch_num_images sums to {len(tiled)} but {len(image_sizes)} images were given")
     for pixels, size, tile in zip(pixel_values, image_sizes, tiled):
       size = (int(size[0]), int(size[1]))
       n = anyres.num_patches(size, config.image_grid_pinpoints, config.vision.image_size) if tile else 1
       if n > pixels.shape[0]:
         raise ValueError(f"an image of size {size} needs {n} patches but pixel_values holds {pixels.shape[0]}")
-      items.append(VisualItem("tiled", n, size) if tile else VisualItem("single"))
-      patches.append(pixels[:n])
-  num_image_items = len(items)
+      visuals.append((VisualItem("tiled", n, size) if tile else VisualItem("single"), pixels[:n]))
   if pixel_values_videos is not None:
-    for frames in np.asarray(pixel_values_videos):
-      items.append(VisualItem("video", frames.shape[0]))
-      patches.append(frames)
-  if not items:
+    visuals += [(VisualItem("video", len(frames)), frames) for frames in np.asarray(pixel_values_videos)]
+  return visuals
+
+
+def _layout_arrays(config: LlavaOnevisionConfig, input_ids: np.ndarray, visuals: list[Visual]):
+  """Patches (P, H, W, C) and the layout arrays (src, weight, dest) for `LlavaOnevision.embed`.
+
+  Videos fill the `video_token_id` placeholders and everything else the `image_token_id` ones, each group in
+  order, as transformers scatters them.
+  """
+  if not visuals:
     return None, None, None, None
-  src, weight = build_layout(items, config.layout())
+  groups = {False: [], True: []}
+  for item, pixels in visuals:
+    if len(pixels) != item.num_patches:
+      raise ValueError(f"a {item.kind} item takes {item.num_patches} patches, got pixels for {len(pixels)}")
+    groups[item.kind == "video"].append((item, pixels))
+  ordered = groups[False] + groups[True]
   layout = config.layout()
-  counts = [build_layout([item], layout)[0].shape[0] for item in items]
-  ids = np.asarray(input_ids)
+  src, weight = build_layout([item for item, _ in ordered], layout)
+  flat_ids = np.asarray(input_ids).reshape(-1)
   dest = []
-  for token_id, n_expected, what in ((config.image_token_id, sum(counts[:num_image_items]), "image"),
-                                     (config.video_token_id, sum(counts[num_image_items:]), "video")):
-    positions = np.flatnonzero(ids.reshape(-1) == token_id)
-    if len(positions) != n_expected:
+  for is_video, token_id in ((False, config.image_token_id), (True, config.video_token_id)):
+    expected = sum(num_tokens(item, layout) for item, _ in groups[is_video])
+    positions = np.flatnonzero(flat_ids == token_id)
+    if len(positions) != expected:
+      what = "video" if is_video else "image"
       raise ValueError(f"{what} features and {what} tokens do not match: {len(positions)} placeholder tokens "
-                       f"(id {token_id}) in input_ids, {n_expected} features")
+                       f"(id {token_id}) in input_ids, {expected} features")
     dest.append(positions)
-  pixels = np.concatenate(patches).transpose(0, 2, 3, 1)
+  pixels = np.concatenate([p for _, p in ordered]).transpose(0, 2, 3, 1)
   return pixels, src, weight, np.concatenate(dest).astype(np.int32)
 
 
@@ -206,28 +224,34 @@ class LlavaOnevisionForConditionalGeneration:
     row as in transformers (pass them for left-padded batches). `image_sizes_videos` is accepted and unused, as there.
     """
     del image_sizes_videos
+    visuals = hf_visuals(self.config, pixel_values, image_sizes, pixel_values_videos, batch_num_images)
+    return self.logits(input_ids, attention_mask, position_ids, visuals)
+
+  def logits(self, input_ids, attention_mask=None, position_ids=None, visuals: list[Visual] = ()) -> np.ndarray:
+    """Logits (B, T, V) for placeholder-expanded `input_ids` and any visuals (e.g. from `splice_markers`)."""
     input_ids = np.asarray(input_ids)
     batch, length = input_ids.shape
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if position_ids is None:
       position_ids = np.broadcast_to(np.arange(length), (batch, length))
-    pixels, src, weight, dest = _visual_inputs(self.config, input_ids, pixel_values, image_sizes,
-                                               pixel_values_videos, batch_num_images)
+    pixels, src, weight, dest = _layout_arrays(self.config, input_ids, list(visuals))
     logits = self._jitted({"params": self.params}, input_ids, attention_mask, np.asarray(position_ids), pixels, src,
                           weight, dest)
     return np.asarray(logits)
 
   def generate(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, pixel_values_videos=None,
-               batch_num_images=None, *, max_new_tokens: int = 64, eos_token_id=None, pad_token_id: int = 0,
-               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> np.ndarray:
+               batch_num_images=None, *, visuals: list[Visual] | None = None, max_new_tokens: int = 64,
+               eos_token_id=None, pad_token_id: int = 0, temperature: float = 0.0, top_k: int = 0,
+               top_p: float = 1.0, seed: int = 0) -> np.ndarray:
     """New tokens (B, max_new_tokens) for a left-padded batch, padded with `pad_token_id` after each row's end.
 
-    Takes the visual arguments of `forward`; greedy when temperature is 0, else sampled with `seed`.
+    Visual inputs as in `forward`, or as `visuals`; greedy when temperature is 0, else sampled with `seed`.
     """
     input_ids = np.asarray(input_ids)
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
-    pixels, src, weight, dest = _visual_inputs(self.config, input_ids, pixel_values, image_sizes,
-                                               pixel_values_videos, batch_num_images)
+    if visuals is None:
+      visuals = hf_visuals(self.config, pixel_values, image_sizes, pixel_values_videos, batch_num_images)
+    pixels, src, weight, dest = _layout_arrays(self.config, input_ids, list(visuals))
     embeds = self._embed({"params": self.params}, input_ids, pixels, src, weight, dest)
     cfg = sampling_config(max_new_tokens, eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
                           top_k=top_k, top_p=top_p)
