@@ -1,0 +1,72 @@
+"""Structural promises of the model code: logical axes on every parameter, remat that changes nothing numerically,
+attention backends chosen by name."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+import pytest
+
+from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionConfig, init_params
+from ureward_jax.models.qwen2 import Qwen2Config
+from ureward_jax.models.siglip import SiglipVisionConfig
+from ureward_jax.nn.attention import dot_product_attention
+
+CONFIG = LlavaOnevisionConfig(vision=SiglipVisionConfig(24, 37, 2, 4, 28, 14),
+                              text=Qwen2Config(128, 32, 64, 2, 4, 2, 8), image_token_id=126, video_token_id=127,
+                              image_grid_pinpoints=((28, 28), (28, 56)))
+
+
+def test_every_parameter_has_logical_axes():
+  boxed = jax.eval_shape(lambda rng: init_params(CONFIG, rng), jax.random.key(0))
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  assert all(len(x.names) == x.value.ndim for x in leaves)
+  stacked = [x for x in leaves if x.names[0] == "layers"]
+  assert len(stacked) == 16 + 12   # every SigLIP and Qwen2 per-layer parameter is scanned
+
+
+@pytest.mark.parametrize("policy", ["full", "save_qkv_proj"])
+def test_remat_policies_give_identical_gradients(policy):
+  params = nn.unbox(init_params(CONFIG, jax.random.key(1)))
+  rng = np.random.RandomState(0)
+  ids = jnp.asarray(rng.randint(0, 120, (2, 9)))
+  pixels = jnp.asarray(rng.randn(1, 28, 28, 3), jnp.float32)
+  src = jnp.asarray(np.repeat(np.arange(4)[:, None], 4, 1), jnp.int32)
+  weight = jnp.asarray(np.tile([1.0, 0, 0, 0], (4, 1)), jnp.float32)
+  dest = jnp.asarray([2, 3, 4, 5], jnp.int32)
+  ones, positions = jnp.ones((2, 9), jnp.int32), jnp.broadcast_to(jnp.arange(9), (2, 9))
+
+  def loss(p, module):
+    logits = module.apply({"params": p}, ids, ones, positions, pixels, src, weight, dest)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  plain = grad(params, LlavaOnevision(CONFIG))
+  remat = grad(params, LlavaOnevision(CONFIG, remat=policy))
+  for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_unknown_names_are_refused():
+  q = jnp.zeros((1, 2, 4, 8))
+  with pytest.raises(ValueError, match="unknown attention backend"):
+    dot_product_attention(q, q, q, backend="flash9")
+  with pytest.raises(ValueError, match="unknown remat policy"):
+    init_params_with = LlavaOnevision(CONFIG, remat="sometimes")
+    jax.eval_shape(lambda: init_params_with.init(jax.random.key(0), jnp.zeros((1, 2), jnp.int32),
+                                                 jnp.ones((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32)))
+
+
+def test_grouped_query_attention_equals_repeated_kv():
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.randn(2, 5, 6, 4), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(2, 7, 2, 4), jnp.float32) for _ in range(2))
+  mask = jnp.asarray(rng.rand(2, 1, 5, 7) > 0.3).at[..., 0].set(True)   # no fully masked row
+  grouped = dot_product_attention(q, k, v, mask)
+  repeated = dot_product_attention(q, jnp.repeat(k, 3, axis=2), jnp.repeat(v, 3, axis=2), mask)
+  np.testing.assert_allclose(grouped, repeated, rtol=1e-6, atol=1e-6)
+  logits = jnp.einsum("bthd,bshd->bhts", q, jnp.repeat(k, 3, axis=2)) / 2.0
+  probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
+  np.testing.assert_allclose(grouped, jnp.einsum("bhts,bshd->bthd", probs, jnp.repeat(v, 3, axis=2)), rtol=1e-5,
+                             atol=1e-6)
