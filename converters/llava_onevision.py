@@ -18,12 +18,12 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 
 from converters import common
 from converters.common import ConversionError, Rule
 from ureward_jax import pretrained
-from ureward_jax.models.llava_onevision import DEFAULT_PINPOINTS, LlavaOnevisionConfig, param_shapes
+from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, param_shapes
+from ureward_jax.processing.anyres import DEFAULT_PINPOINTS
 from ureward_jax.models.qwen2 import Qwen2Config
 from ureward_jax.models.siglip import SiglipVisionConfig
 

@@ -7,3 +7,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory):
+  """(tiny transformers LLaVA-OneVision, our model converted from its `save_pretrained` folder), fp32."""
+  import ureward_jax
+  from converters.llava_onevision import convert_folder
+  from tests import tiny_llava
+  hf = tiny_llava.hf_model(seed=0)
+  root = tmp_path_factory.mktemp("llava")
+  convert_folder(tiny_llava.save_hf(hf, root / "hf"), root / "ours", "float32")
+  return hf, ureward_jax.load(root / "ours")

@@ -13,9 +13,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
+from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 TILE = 70
 IMAGE_TOKEN, VIDEO_TOKEN, VOCAB = 126, 127, 128
+FULL = 1e-4     # tolerance on full-model logits, relative to their scale
+MODULE = 1e-5   # tolerance on a single module's output
 
 
 def hf_config(tie: bool = False, text_layers: int = 2, vision_layers: int = 2, hidden: int = 32, heads: int = 4,
@@ -98,3 +101,32 @@ def max_rel(ours, ref) -> float:
   """max |ours − ref| / max |ref|: the error relative to the output's scale."""
   ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
   return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+def random_text(rng, n):
+  """n random text token ids (below the image and video placeholder ids)."""
+  return rng.randint(0, IMAGE_TOKEN, n).tolist()
+
+
+def image_inputs(hf, sizes, batch_num_images=None, seed=0, text=(7, 9)):
+  """A prompt with the images of `sizes`, placeholders expanded to the count transformers' model produces."""
+  rng = np.random.RandomState(seed)
+  tiled = [True] * len(sizes) if batch_num_images is None else [n == 1 for n in batch_num_images for _ in range(n)]
+  patches = [image_size_to_num_patches(s, hf.config.image_grid_pinpoints, TILE) if t else 1
+             for s, t in zip(sizes, tiled)]
+  pixel_values = rng.randn(len(sizes), max(patches), 3, TILE, TILE).astype(np.float32)
+  image_sizes = np.array(sizes, np.int64)
+  bni = None if batch_num_images is None else torch.tensor(batch_num_images)
+  with torch.no_grad():
+    feats = hf.model.get_image_features(torch.tensor(pixel_values), torch.tensor(image_sizes),
+                                        batch_num_images=bni).pooler_output
+  n_tokens = sum(f.shape[0] for f in feats)
+  ids = np.array([random_text(rng, text[0]) + [IMAGE_TOKEN] * n_tokens + random_text(rng, text[1])])
+  return dict(input_ids=ids, pixel_values=pixel_values, image_sizes=image_sizes,
+              batch_num_images=None if batch_num_images is None else np.array(batch_num_images))
+
+
+def reference_logits(hf, **inputs):
+  torch_inputs = {k: torch.tensor(v) for k, v in inputs.items() if v is not None}
+  with torch.no_grad():
+    return hf(**torch_inputs).logits.numpy()

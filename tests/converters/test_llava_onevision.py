@@ -6,7 +6,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import transformers
 from safetensors.numpy import load_file, save_file
 
@@ -14,7 +13,7 @@ import ureward_jax
 from converters import common
 from converters.llava_onevision import convert_folder, export_folder
 from tests import tiny_llava as T
-from tests.models.test_llava_onevision import FULL, image_inputs, reference_logits
+from tests.tiny_llava import FULL, image_inputs, reference_logits
 
 
 @pytest.fixture(scope="module")

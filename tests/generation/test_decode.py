@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from tests import tiny_llava as T
-from tests.models.test_llava_onevision import image_inputs, pair  # noqa: F401  (module-scoped fixture)
+from tests.tiny_llava import image_inputs
 
 NEW = 24
 PAD = 0

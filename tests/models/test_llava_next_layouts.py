@@ -14,12 +14,12 @@ import torch
 import ureward_jax
 from converters.llava_onevision import convert_folder
 from tests import tiny_llava as T
-from tests.models.test_llava_onevision import FULL, reference_logits
+from tests.tiny_llava import FULL, reference_logits
 from ureward_jax.processing.feature_layout import IMAGE_MARKER, VisualItem, num_tokens, splice_markers
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory):
+def next_pair(tmp_path_factory):
   hf = T.hf_model(seed=4)
   root = tmp_path_factory.mktemp("llava_next")
   convert_folder(T.save_llava_next(hf, root / "src"), root / "ours", "float32")
@@ -44,9 +44,9 @@ def projected(hf, frames):
     return hf.model.multi_modal_projector(hidden)
 
 
-def test_unifiedreward_frames_as_plain_images(pair):
+def test_unifiedreward_frames_as_plain_images(next_pair):
   """Two 3-frame videos per prompt, each frame one marker → 25 plain tokens; a left-padded batch of two prompts."""
-  hf, ours = pair
+  hf, ours = next_pair
   rng = np.random.RandomState(0)
   frames = rng.randn(12, 3, T.TILE, T.TILE).astype(np.float32)
   prefix = lambda n: rng.randint(1, T.IMAGE_TOKEN, n).tolist()
@@ -61,9 +61,9 @@ def test_unifiedreward_frames_as_plain_images(pair):
   assert T.max_rel(logits[real], ref[real]) <= FULL
 
 
-def test_grid_video_layout(pair):
+def test_grid_video_layout(next_pair):
   """Pooled frames with a newline after each pooled row, the layout UnifiedReward's training config sets."""
-  hf, ours = pair
+  hf, ours = next_pair
   assert ours.config.video_newline == "grid"
   rng = np.random.RandomState(1)
   frames = rng.randn(4, 3, T.TILE, T.TILE).astype(np.float32)
@@ -80,10 +80,10 @@ def test_grid_video_layout(pair):
   assert T.max_rel(ours.logits(ids, mask, positions, [(item, frames)]), ref) <= FULL
 
 
-def test_pairwise_images_each_tiled(pair):
+def test_pairwise_images_each_tiled(next_pair):
   """LLaVA-NeXT's pairwise image prompt: two markers, each image with full anyres tiling (sizes where LLaVA-NeXT's
   floor and transformers' rounding agree), equal to transformers' single-image path on the same expansion."""
-  hf, ours = pair
+  hf, ours = next_pair
   rng = np.random.RandomState(2)
   sizes = [(150, 100), (90, 260)]
   layout = ours.config.layout()
@@ -99,8 +99,8 @@ def test_pairwise_images_each_tiled(pair):
   assert T.max_rel(ours.logits(ids, mask, positions, list(zip(items, pixels))), ref) <= FULL
 
 
-def test_marker_count_must_match(pair):
-  _, ours = pair
+def test_marker_count_must_match(next_pair):
+  _, ours = next_pair
   with pytest.raises(ValueError, match="2 image markers"):
     splice_markers([[IMAGE_MARKER, 1, IMAGE_MARKER]], [VisualItem("plain")], ours.config.layout(), T.IMAGE_TOKEN,
                    T.VIDEO_TOKEN)

@@ -3,56 +3,17 @@
 import numpy as np
 import pytest
 import torch
-from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 import ureward_jax
 from converters.llava_onevision import convert_folder
 from tests import tiny_llava as T
+from tests.tiny_llava import FULL, MODULE, image_inputs, random_text, reference_logits
 
-FULL = 1e-4     # full-model logits, relative to their scale
-MODULE = 1e-5   # a single module's output
-
-
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory):
-  """(transformers model, our model converted from its save_pretrained folder)."""
-  hf = T.hf_model(seed=0)
-  root = tmp_path_factory.mktemp("llava")
-  convert_folder(T.save_hf(hf, root / "hf"), root / "ours", "float32")
-  return hf, ureward_jax.load(root / "ours")
-
-
-def _text(rng, n):
-  return rng.randint(0, T.IMAGE_TOKEN, n).tolist()
-
-
-def image_inputs(hf, sizes, batch_num_images=None, seed=0, text=(7, 9)):
-  """A prompt with the images of `sizes`, placeholders expanded to the count transformers' model produces."""
-  rng = np.random.RandomState(seed)
-  tiled = [True] * len(sizes) if batch_num_images is None else [n == 1 for n in batch_num_images for _ in range(n)]
-  patches = [image_size_to_num_patches(s, hf.config.image_grid_pinpoints, T.TILE) if t else 1
-             for s, t in zip(sizes, tiled)]
-  pixel_values = rng.randn(len(sizes), max(patches), 3, T.TILE, T.TILE).astype(np.float32)
-  image_sizes = np.array(sizes, np.int64)
-  bni = None if batch_num_images is None else torch.tensor(batch_num_images)
-  with torch.no_grad():
-    feats = hf.model.get_image_features(torch.tensor(pixel_values), torch.tensor(image_sizes),
-                                        batch_num_images=bni).pooler_output
-  n_tokens = sum(f.shape[0] for f in feats)
-  ids = np.array([_text(rng, text[0]) + [T.IMAGE_TOKEN] * n_tokens + _text(rng, text[1])])
-  return dict(input_ids=ids, pixel_values=pixel_values, image_sizes=image_sizes,
-              batch_num_images=None if batch_num_images is None else np.array(batch_num_images))
-
-
-def reference_logits(hf, **inputs):
-  torch_inputs = {k: torch.tensor(v) for k, v in inputs.items() if v is not None}
-  with torch.no_grad():
-    return hf(**torch_inputs).logits.numpy()
 
 
 def test_long_text(pair):
   hf, ours = pair
-  ids = np.array([_text(np.random.RandomState(1), 640)])
+  ids = np.array([random_text(np.random.RandomState(1), 640)])
   assert T.max_rel(ours.forward(ids), reference_logits(hf, input_ids=ids)) <= FULL
 
 
@@ -90,7 +51,7 @@ def test_video(pair):
   frames = 4
   videos = rng.randn(1, frames, 3, T.TILE, T.TILE).astype(np.float32)
   n_tokens = frames * 3 * 3 + 1   # 5×5 tokens pooled to ceil(5/2)² per frame, one newline
-  ids = np.array([_text(rng, 5) + [T.VIDEO_TOKEN] * n_tokens + _text(rng, 6)])
+  ids = np.array([random_text(rng, 5) + [T.VIDEO_TOKEN] * n_tokens + random_text(rng, 6)])
   ref = reference_logits(hf, input_ids=ids, pixel_values_videos=videos)
   assert T.max_rel(ours.forward(input_ids=ids, pixel_values_videos=videos), ref) <= FULL
 
@@ -102,7 +63,7 @@ def test_left_padded_batch(pair):
   ids = np.zeros((2, 30), np.int64)
   mask = np.zeros((2, 30), np.int64)
   for row, n in enumerate(lengths):
-    ids[row, 30 - n:] = _text(rng, n)
+    ids[row, 30 - n:] = random_text(rng, n)
     mask[row, 30 - n:] = 1
   positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
   ref = reference_logits(hf, input_ids=ids, attention_mask=mask, position_ids=positions)
@@ -133,7 +94,7 @@ def test_language_model_module(pair):
   import jax.numpy as jnp
   from ureward_jax.nn.attention import causal_mask
   hf, ours = pair
-  ids = np.array([_text(np.random.RandomState(6), 700)])
+  ids = np.array([random_text(np.random.RandomState(6), 700)])
   with torch.no_grad():
     ref = hf.model.language_model(input_ids=torch.tensor(ids)).last_hidden_state.numpy()
   positions = np.arange(700)[None]

@@ -13,12 +13,13 @@ import pytest
 from PIL import Image
 
 from ureward_jax.processing import anyres
-from ureward_jax.processing.image import DEFAULT_GRID_PINPOINTS, ImageProcessor, resize_bicubic_aa_uint8
+from ureward_jax.processing.anyres import DEFAULT_PINPOINTS
+from ureward_jax.processing.image import ImageProcessor, resize_bicubic_aa_uint8
 
 MEAN = STD = (0.5, 0.5, 0.5)
 # OpenAI CLIP's statistics (transformers' class defaults): unequal per channel, so channel mix-ups would show.
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-PINPOINTS = [list(p) for p in DEFAULT_GRID_PINPOINTS]
+PINPOINTS = [list(p) for p in DEFAULT_PINPOINTS]
 # The reference must match "to float32 rounding"; in practice the outputs are bit-identical (max diff 0.0).
 ATOL = 1e-6
 
@@ -186,15 +187,6 @@ def test_video_frames_with_other_mean_and_std():
   frames = np.random.default_rng(33).integers(0, 256, (2, 200, 300, 3), dtype=np.uint8)
   ours = ImageProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD).preprocess_video(frames)
   np.testing.assert_allclose(ours, torch_video_reference(frames, 384, CLIP_MEAN, CLIP_STD), rtol=0, atol=ATOL)
-
-
-def test_video_frames_match_transformers_when_torchvision_is_available(processor):
-  pytest.importorskip("torchvision")
-  from transformers.models.llava_onevision.video_processing_llava_onevision import LlavaOnevisionVideoProcessor
-  frames = np.random.default_rng(16).integers(0, 256, (4, 480, 854, 3), dtype=np.uint8)
-  theirs = LlavaOnevisionVideoProcessor(image_mean=list(MEAN), image_std=list(STD))(
-      videos=[frames], return_tensors="np")["pixel_values_videos"][0]
-  np.testing.assert_allclose(processor.preprocess_video(frames), theirs, rtol=0, atol=ATOL)
 
 
 def test_video_accepts_a_list_of_frames(processor):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,7 +25,6 @@ from ureward_jax.nn.linear import dense, logical
 from ureward_jax.processing import anyres
 from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
 
-DEFAULT_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +34,7 @@ class LlavaOnevisionConfig:
   text: Qwen2Config = Qwen2Config()
   image_token_id: int = 151646
   video_token_id: int = 151647
-  image_grid_pinpoints: tuple[tuple[int, int], ...] = DEFAULT_PINPOINTS
+  image_grid_pinpoints: tuple[tuple[int, int], ...] = anyres.DEFAULT_PINPOINTS
   vision_aspect_ratio: str = "anyres_max_9"
   projector_hidden_act: str = "gelu"
   video_newline: str = "one_token"     # HF; UnifiedReward training writes "grid"

@@ -55,8 +55,7 @@ class Qwen2Config:
       raise ValueError("use_sliding_window=True is not supported: Qwen2 checkpoints of this model use full attention")
     if d.get("hidden_act", "silu") != "silu":
       raise ValueError(f"hidden_act {d['hidden_act']!r} is not supported; Qwen2 uses 'silu'")
-    d.setdefault("head_dim", d["hidden_size"] // d["num_attention_heads"])
-    if d["head_dim"] is None:
+    if d.get("head_dim") is None:
       d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
     fields = {f.name for f in dataclasses.fields(cls)}
     return cls(**{k: v for k, v in d.items() if k in fields})

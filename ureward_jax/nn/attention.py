@@ -32,8 +32,8 @@ def _xla_attention(query, key, value, mask):
   logits = jnp.einsum("btkgh,bskh->bkgts", query, key, preferred_element_type=jnp.float32)
   logits = logits * (head_dim**-0.5)
   if mask is not None:
-    mask = mask.reshape(mask.shape[0], -1, 1, *mask.shape[-2:]) if mask.shape[1] == 1 else \
-        mask.reshape(mask.shape[0], num_kv_heads, groups, *mask.shape[-2:])
+    # (B, 1 | N, T, S) → (B, 1 | K, 1 | G, T, S) to broadcast over the grouped heads.
+    mask = mask[:, :, None] if mask.shape[1] == 1 else mask.reshape(batch, num_kv_heads, groups, *mask.shape[-2:])
     # The most negative finite value, as an additive mask in PyTorch: a fully masked row stays finite.
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)

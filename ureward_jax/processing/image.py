@@ -18,8 +18,6 @@ from ureward_jax.processing import anyres
 
 ImageLike = Image.Image | np.ndarray
 
-# [384·i, 384·j] for i, j in 1..6, height-major: the order decides ties in `select_best_resolution`.
-DEFAULT_GRID_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
 
 
 def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:
@@ -132,7 +130,7 @@ class ImageProcessor:
   (size // patch_size)² tokens. `grid_pinpoints` are (height, width) canvases, each a multiple of `size`.
   """
   size: int = 384
-  grid_pinpoints: Sequence[Sequence[int]] = DEFAULT_GRID_PINPOINTS
+  grid_pinpoints: Sequence[Sequence[int]] = anyres.DEFAULT_PINPOINTS
   image_mean: Sequence[float] = (0.5, 0.5, 0.5)
   image_std: Sequence[float] = (0.5, 0.5, 0.5)
   aspect_ratio: str = "anyres_max_9"
