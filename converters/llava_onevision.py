@@ -18,14 +18,15 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 
 from converters import common
 from converters.common import ConversionError, Rule
 from ureward_jax import pretrained
 from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, param_shapes
-from ureward_jax.processing.anyres import DEFAULT_PINPOINTS
 from ureward_jax.models.qwen2 import Qwen2Config
 from ureward_jax.models.siglip import SiglipVisionConfig
+from ureward_jax.processing.anyres import DEFAULT_PINPOINTS
 
 FORMATS = {
     "hf_runtime": dict(vision="model.vision_tower.", projector=("model.multi_modal_projector.linear_1",
@@ -207,8 +208,34 @@ def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -
   return config
 
 
-def export_folder(src: str | Path, dst: str | Path, fmt: str) -> None:
-  """Write our checkpoint folder `src` back as a `fmt` ("hf" or "llava_next") folder at `dst`."""
+def resize_vocab(flat: dict, config: LlavaOnevisionConfig, vocab_size: int):
+  """Pad or trim the vocabulary rows of the embedding (and untied head) to `vocab_size`.
+
+  transformers' conversion pads UnifiedReward's 152064 rows to 152128 (a multiple of 64 after adding two tokens);
+  the extra rows are never indexed by real tokens. Padding rows are the mean embedding (the centre of the
+  distribution transformers samples them from); trimming refuses to drop the image or video token.
+  """
+  old = config.text.vocab_size
+  needed = max(config.image_token_id, config.video_token_id) + 1
+  if vocab_size < needed:
+    raise ValueError(f"cannot trim the vocabulary to {vocab_size}: the image/video token ids need {needed} rows")
+  flat = dict(flat)
+  for path, axis in (("language_model/embed_tokens/embedding", 0), ("language_model/lm_head/kernel", 1)):
+    if path not in flat:
+      continue
+    array = np.asarray(flat[path])
+    if vocab_size <= old:
+      flat[path] = np.take(array, np.arange(vocab_size), axis=axis)
+    else:
+      pad = np.repeat(array.mean(axis=axis, keepdims=True, dtype=np.float32).astype(array.dtype),
+                      vocab_size - old, axis=axis)
+      flat[path] = np.concatenate([array, pad], axis=axis)
+  text = dataclasses.replace(config.text, vocab_size=vocab_size)
+  return flat, dataclasses.replace(config, text=text)
+
+
+def export_folder(src: str | Path, dst: str | Path, fmt: str, vocab_size: int | None = None) -> None:
+  """Write our checkpoint folder `src` back as a `fmt` folder at `dst`, optionally with `vocab_size` rows."""
   if fmt not in FORMATS:
     raise ValueError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
   raw = pretrained.read_config(src)
@@ -217,6 +244,8 @@ def export_folder(src: str | Path, dst: str | Path, fmt: str) -> None:
   # Keep the source's SigLIP naming when writing its own format back; otherwise the naming every version reads.
   prefixed = source.get("vision_model_prefix", True) if source.get("format") == fmt else True
   flat = common.flatten(pretrained.load_params(src))
+  if vocab_size is not None and vocab_size != config.text.vocab_size:
+    flat, config = resize_vocab(flat, config, vocab_size)
   tensors = common.export(flat, rules(fmt, config.text.tie_word_embeddings, prefixed))
   common.save_safetensors(tensors, dst)
   (Path(dst) / "config.json").write_text(json.dumps(config_to_source(config, fmt), indent=2))
@@ -233,16 +262,18 @@ def main(argv=None):
                       help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
   parser.add_argument("--export", choices=list(FORMATS), default=None,
                       help="write our checkpoint at --src back in this format instead of converting")
+  parser.add_argument("--vocab-size", type=int, default=None,
+                      help="with --export: pad or trim the vocabulary rows (e.g. 152128 for transformers' layout)")
   args = parser.parse_args(argv)
   try:
     if args.export:
-      export_folder(args.src, args.dst, args.export)
+      export_folder(args.src, args.dst, args.export, args.vocab_size)
       print(f"exported {args.src} as {args.export} to {args.dst}")
     else:
       config = convert_folder(args.src, args.dst, args.dtype)
       print(f"converted {args.src} → {args.dst}: vision {config.vision.num_hidden_layers} layers, "
             f"text {config.text.num_hidden_layers} layers, vocab {config.text.vocab_size}")
-  except (ConversionError, FileNotFoundError, FileExistsError) as e:
+  except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
     raise SystemExit(f"error: {e}")
 
 

@@ -71,7 +71,7 @@ def save_llava_next(model, folder: Path) -> Path:
   """The LLaVA-NeXT (UnifiedReward-7b) naming and flat config, from the transformers runtime names."""
   from safetensors.torch import save_file
   folder.mkdir(parents=True, exist_ok=True)
-  renames = [("model.vision_tower.", "model.vision_tower.vision_tower."),
+  renames = [("model.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
              ("model.multi_modal_projector.linear_1", "model.mm_projector.0"),
              ("model.multi_modal_projector.linear_2", "model.mm_projector.2"),
              ("model.language_model.", "model.")]

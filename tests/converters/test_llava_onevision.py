@@ -129,3 +129,32 @@ def test_command_line(folders, tmp_path):
   assert json.loads((tmp_path / "ours" / "config.json").read_text())["model_type"] == "llava_onevision"
   missing = run("--src", str(tmp_path / "nowhere"), "--dst", str(tmp_path / "x"))
   assert missing.returncode != 0 and "does not exist" in missing.stderr
+
+
+def test_vocabulary_padding_round_trip(hf, folders, tmp_path):
+  """LLaVA-NeXT (128 rows here, 152064 at full size) → transformers with padded rows (192; 152128) → back."""
+  convert_folder(folders["llava_next"], tmp_path / "ours")
+  export_folder(tmp_path / "ours", tmp_path / "hf", "hf", vocab_size=192)
+  padded = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+  assert padded.lm_head.weight.shape[0] == 192
+  inputs = image_inputs(hf, [(150, 100)], seed=4)
+  # Not bit-equal: the wider head matmul blocks differently.
+  assert T.max_rel(reference_logits(padded, **inputs)[..., :128], reference_logits(hf, **inputs)) <= 1e-6
+  convert_folder(tmp_path / "hf", tmp_path / "ours_padded")
+  export_folder(tmp_path / "ours_padded", tmp_path / "back", "llava_next", vocab_size=128)
+  original, back = _read(folders["llava_next"]), _read(tmp_path / "back")
+  assert all(np.array_equal(original[name], back[name]) for name in original) and sorted(original) == sorted(back)
+  with pytest.raises(ValueError, match="image/video token ids need 128 rows"):
+    export_folder(tmp_path / "ours", tmp_path / "bad", "hf", vocab_size=100)
+
+
+def test_llava_next_config_without_vision_config_gets_so400m():
+  from converters.llava_onevision import config_from_source
+  source = {"hidden_size": 3584, "intermediate_size": 18944, "num_attention_heads": 28, "num_key_value_heads": 4,
+            "num_hidden_layers": 28, "vocab_size": 152064, "rope_theta": 1e6, "mm_newline_position": "grid",
+            "image_grid_pinpoints": "(1x1),...,(6x6)", "image_aspect_ratio": "anyres_max_9"}
+  config = config_from_source(source, "llava_next", 26, 28, 152064, False)
+  assert (config.vision.hidden_size, config.vision.num_attention_heads, config.vision.intermediate_size,
+          config.vision.num_hidden_layers, config.vision.image_size) == (1152, 16, 4304, 26, 384)
+  assert config.text.head_dim == 128 and config.image_token_id == 151646 and config.video_newline == "grid"
+  assert len(config.image_grid_pinpoints) == 36 and config.image_grid_pinpoints[1] == (768, 384)   # stored (W, H)
