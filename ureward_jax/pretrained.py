@@ -58,12 +58,17 @@ def load_params(path: str | Path, dtype=None) -> Any:
   return jax.tree.map(lambda x: np.asarray(x, dtype=dtype) if dtype is not None else np.asarray(x), params)
 
 
-def load(path: str | Path, dtype=jnp.float32, param_dtype=None, **module_kwargs):
-  """Load a converted checkpoint folder; `dtype` is the compute dtype, `param_dtype` casts the stored params."""
+def load(path: str | Path, dtype=jnp.float32, param_dtype=None, device=None, **module_kwargs):
+  """Load a converted checkpoint folder onto `device` (default: the first one), ready to run.
+
+  dtype: the compute dtype; param_dtype: cast the stored params (None keeps them as stored). The params are
+  placed once here, so calls do not move them again.
+  """
   config = read_config(path)
   model_type = config.get("model_type")
   if model_type == "llava_onevision":
     from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-    return LlavaOnevisionForConditionalGeneration.from_params(
-        LlavaOnevisionConfig.from_dict(config), load_params(path, param_dtype), dtype=dtype, **module_kwargs)
+    params = jax.device_put(load_params(path, param_dtype), device or jax.devices()[0])
+    return LlavaOnevisionForConditionalGeneration.from_params(LlavaOnevisionConfig.from_dict(config), params,
+                                                              dtype=dtype, **module_kwargs)
   raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")
