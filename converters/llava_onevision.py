@@ -185,6 +185,8 @@ def config_to_source(config: LlavaOnevisionConfig, fmt: str) -> dict:
 def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -> LlavaOnevisionConfig:
   """Convert a transformers or LLaVA-NeXT folder into our checkpoint folder at `dst`."""
   src = Path(src)
+  if (Path(dst) / pretrained.PARAMS).exists():
+    raise FileExistsError(f"{dst} already holds a converted checkpoint; choose an empty destination")
   tensors = common.open_safetensors(src)
   fmt = detect_format(tensors)
   p = FORMATS[fmt]

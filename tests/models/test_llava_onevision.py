@@ -116,3 +116,15 @@ def test_bf16_close_to_fp32(tmp_path):
   inputs = image_inputs(hf, [(150, 220)], seed=7)
   err = T.max_rel(bf16.forward(**inputs), fp32.forward(**inputs))
   assert err <= 2e-2
+
+
+def test_mismatched_inputs_are_explained(pair):
+  hf, ours = pair
+  inputs = image_inputs(hf, [(150, 100)])
+  short = dict(inputs, input_ids=inputs["input_ids"][:, 3:-12])   # drops some image placeholders
+  with pytest.raises(ValueError, match="image features and image tokens do not match"):
+    ours.forward(**short)
+  with pytest.raises(ValueError, match="needs image_sizes"):
+    ours.forward(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"])
+  with pytest.raises(ValueError, match="batch_num_images sums to 2 but 1 images"):
+    ours.forward(**dict(inputs, batch_num_images=np.array([2])))
