@@ -26,7 +26,6 @@ from ureward_jax.processing import anyres
 from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
 
 
-
 @dataclasses.dataclass(frozen=True)
 class LlavaOnevisionConfig:
   """Architecture and token-layout facts of a converted checkpoint (`config.json` of our checkpoint folders)."""
@@ -118,7 +117,8 @@ class LlavaOnevision(nn.Module):
     features = self.visual_features(pixels)
     table = jnp.concatenate([features.reshape(-1, features.shape[-1]),
                              self.image_newline[None].astype(features.dtype)])
-    visual = jnp.einsum("vk,vkd->vd", visual_weight.astype(table.dtype), table[visual_src])
+    # The 4-tap sums (bilinear weights such as 0.107) are formed in fp32 whatever the compute dtype.
+    visual = jnp.einsum("vk,vkd->vd", visual_weight.astype(jnp.float32), table[visual_src].astype(jnp.float32))
     batch, length, width = embeds.shape
     embeds = embeds.reshape(batch * length, width).at[visual_dest].set(visual.astype(embeds.dtype))
     return embeds.reshape(batch, length, width)
