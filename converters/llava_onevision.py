@@ -161,22 +161,22 @@ def config_from_source(source: dict, fmt: str, n_vision: int, n_text: int, vocab
 def config_to_source(config: LlavaOnevisionConfig, fmt: str) -> dict:
   """A `config.json` for the target format that its own library loads."""
   vision = dataclasses.asdict(config.vision)
-  text = dataclasses.asdict(config.text)
-  text.pop("head_dim")
-  text["rope_parameters"] = {"rope_type": "default", "rope_theta": text.pop("rope_theta")}
+  text = {k: v for k, v in dataclasses.asdict(config.text).items() if k != "head_dim"}
   if fmt == "llava_next":
-    return dict(architectures=["LlavaQwenForCausalLM"], model_type="llava", **{**text, "rope_theta":
-                text["rope_parameters"]["rope_theta"]}, vision_config=vision,
+    # LLaVA-NeXT keeps the Qwen2 fields at the top level and the pinpoints as (W, H).
+    return dict(text, architectures=["LlavaQwenForCausalLM"], model_type="llava", vision_config=vision,
                 mm_vision_tower="google/siglip-so400m-patch14-384", mm_projector_type="mlp2x_gelu",
                 mm_patch_merge_type="spatial_unpad", image_aspect_ratio=config.vision_aspect_ratio,
                 image_grid_pinpoints=[[w, h] for h, w in config.image_grid_pinpoints],
                 mm_newline_position=config.video_newline, mm_spatial_pool_mode=config.video_pool,
                 image_token_index=config.image_token_id, video_token_index=config.video_token_id)
+  text_config = {k: v for k, v in text.items() if k != "rope_theta"}
+  text_config.update(model_type="qwen2", rope_parameters={"rope_type": "default", "rope_theta": text["rope_theta"]})
   return dict(architectures=["LlavaOnevisionForConditionalGeneration"], model_type="llava_onevision",
-              vision_config={**vision, "model_type": "siglip_vision_model", "vision_use_head": False},
-              text_config={**text, "model_type": "qwen2"}, image_token_index=config.image_token_id,
-              video_token_index=config.video_token_id, image_grid_pinpoints=[list(p) for p in
-                                                                             config.image_grid_pinpoints],
+              vision_config=dict(vision, model_type="siglip_vision_model", vision_use_head=False),
+              text_config=text_config, image_token_index=config.image_token_id,
+              video_token_index=config.video_token_id,
+              image_grid_pinpoints=[list(p) for p in config.image_grid_pinpoints],
               vision_aspect_ratio=config.vision_aspect_ratio, vision_feature_layer=-1,
               vision_feature_select_strategy="full", projector_hidden_act=config.projector_hidden_act,
               tie_word_embeddings=config.text.tie_word_embeddings)

@@ -61,6 +61,9 @@ def test_round_trip_is_bit_exact(folders, fmt, tmp_path):
   assert sorted(original) == sorted(back)
   for name in original:
     assert original[name].dtype == back[name].dtype and np.array_equal(original[name], back[name]), name
+  # The exported config.json reads back into the same model description.
+  again = convert_folder(tmp_path / "back", tmp_path / "again")
+  assert again == ureward_jax.load(tmp_path / "ours").config
 
 
 def test_export_hf_loads_in_transformers(hf, folders, tmp_path):
