@@ -11,9 +11,10 @@ from tests.tiny_llava import FULL, MODULE, image_inputs, random_text, reference_
 
 
 
-def test_long_text(pair):
+@pytest.mark.parametrize("length", [640, 2200], ids=["640", "2200_chunked_attention"])
+def test_long_text(pair, length):
   hf, ours = pair
-  ids = np.array([random_text(np.random.RandomState(1), 640)])
+  ids = np.array([random_text(np.random.RandomState(1), length)])
   assert T.max_rel(ours.forward(ids), reference_logits(hf, input_ids=ids)) <= FULL
 
 

@@ -70,3 +70,15 @@ def test_grouped_query_attention_equals_repeated_kv():
   probs = jax.nn.softmax(jnp.where(mask, logits, -jnp.inf), axis=-1)
   np.testing.assert_allclose(grouped, jnp.einsum("bhts,bshd->bthd", probs, jnp.repeat(v, 3, axis=2)), rtol=1e-5,
                              atol=1e-6)
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_long_queries_are_chunked_without_changing_the_result(with_mask):
+  rng = np.random.RandomState(1)
+  q = jnp.asarray(rng.randn(2, 301, 4, 8), jnp.float32)
+  k, v = (jnp.asarray(rng.randn(2, 301, 2, 8), jnp.float32) for _ in range(2))
+  from ureward_jax.nn.attention import causal_mask
+  mask = causal_mask(jnp.arange(301), jnp.asarray(rng.rand(2, 301) > 0.2).at[:, 0].set(True)) if with_mask else None
+  whole = dot_product_attention(q, k, v, mask, query_chunk=1024)
+  chunked = dot_product_attention(q, k, v, mask, query_chunk=64)   # 5 chunks, the last one padded
+  np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)

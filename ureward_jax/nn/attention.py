@@ -13,13 +13,33 @@ BACKENDS = ("xla", "cudnn")
 
 
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, mask: jax.Array | None = None, *,
-                          backend: str = "xla") -> jax.Array:
-  """Softmax(q kᵀ / √H) v with the softmax in fp32; rows with no allowed key come out as the mean of the values."""
+                          backend: str = "xla", query_chunk: int = 1024) -> jax.Array:
+  """Softmax(q kᵀ / √H) v with the softmax in fp32; rows with no allowed key come out as the mean of the values.
+
+  The xla backend takes queries `query_chunk` at a time once there are more than twice that many, so the fp32
+  logits of a long prompt (28 heads × 12k² × 4 B ≈ 16 GB for a UnifiedReward video pair) never exist at once;
+  each query row still sees all its keys, so the result is the same.
+  """
   if backend == "xla":
+    if query.shape[1] > 2 * query_chunk:
+      return _chunked(query, key, value, mask, query_chunk)
     return _xla_attention(query, key, value, mask)
   if backend == "cudnn":
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
   raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+
+
+def _chunked(query, key, value, mask, chunk):
+  batch, q_len = query.shape[:2]
+  chunks = -(-q_len // chunk)
+  pad = chunks * chunk - q_len
+  query = jnp.pad(query, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  query = query.reshape(batch, chunks, chunk, *query.shape[2:]).swapaxes(0, 1)
+  if mask is not None:
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)))
+    mask = mask.reshape(*mask.shape[:2], chunks, chunk, mask.shape[-1]).transpose(2, 0, 1, 3, 4)
+  out = jax.lax.map(lambda qm: _xla_attention(qm[0], key, value, qm[1]), (query, mask))
+  return out.swapaxes(0, 1).reshape(batch, chunks * chunk, *out.shape[3:])[:, :q_len]
 
 
 def _xla_attention(query, key, value, mask):
