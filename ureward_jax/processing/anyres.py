@@ -55,8 +55,8 @@ def unpad_box(current: tuple[int, int], size: tuple[int, int], exact_round: bool
   """Rows [top, bottom) and columns [left, right) of a `current` feature map that hold the original image.
 
   The tiles were padded symmetrically to the pinpoint's aspect; this removes that padding. `exact_round` rounds the
-  scaled size to 7 decimals first, as the transformers model does; LLaVA-NeXT and the transformers processor floor
-  it, which differs only in rare float cases.
+  scaled size to 7 decimals first, as transformers (model and processor) does; LLaVA-NeXT floors it, which differs
+  only in rare float cases (e.g. a 369×820 image: 2403 vs 2349 tokens).
   """
   cur_h, cur_w = current
   height, width = size
