@@ -1,8 +1,10 @@
-"""Test-wide settings: CPU, fp32 matmuls at full precision (parity tests compare against PyTorch in fp32)."""
+"""Test-wide settings: CPU with 8 host devices (for the sharding tests; single-device code runs on the first),
+fp32 matmuls at full precision (parity tests compare against PyTorch in fp32)."""
 
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), "--xla_force_host_platform_device_count=8"])
 
 import jax  # noqa: E402
 

@@ -21,6 +21,7 @@ from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import dense, logical, default_kernel_init
 from ureward_jax.nn.norms import RMSNorm
 from ureward_jax.nn.remat import remat_policy
+from ureward_jax.parallel import constrain
 from ureward_jax.nn.rope import apply_rope, rope_tables
 
 # A KV cache: {"k", "v"} of shape (layers, B, S, kv_heads, head_dim); slots [0, S) are filled left to right.
@@ -124,7 +125,7 @@ class Qwen2DecoderLayer(nn.Module):
     x = x + attn
     h = RMSNorm(cfg.rms_norm_eps, self.param_dtype, name="post_attention_layernorm")(x)
     x = x + Qwen2MLP(cfg, name="mlp", **kw)(h)
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), cache
+    return constrain(x, ("batch", "length", "act_embed")), cache
 
 
 class Qwen2ForCausalLM(nn.Module):
@@ -170,7 +171,7 @@ class Qwen2ForCausalLM(nn.Module):
     """
     cfg = self.config
     cos, sin = rope_tables(positions, cfg.head_dim, cfg.rope_theta)
-    x = nn.with_logical_constraint(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
+    x = constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "act_embed"))
     x, cache = self.layers(x, cache, cos, sin, mask, cache_index)
     x = self.norm(x)
     return (x if return_hidden else self.logits(x)), cache

@@ -19,6 +19,7 @@ from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import dense, logical, default_kernel_init
 from ureward_jax.nn.norms import layer_norm
 from ureward_jax.nn.remat import remat_policy
+from ureward_jax.parallel import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,7 @@ class SiglipEncoderLayer(nn.Module):
     x = x + SiglipAttention(cfg, attention_backend=self.attention_backend, name="self_attn", **kw)(h)
     h = layer_norm(cfg.layer_norm_eps, name="layer_norm2", **kw)(x)
     x = x + SiglipMLP(cfg, name="mlp", **kw)(h)
-    return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), None
+    return constrain(x, ("batch", "length", "act_embed")), None
 
 
 class SiglipVisionTower(nn.Module):

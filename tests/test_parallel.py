@@ -1,0 +1,81 @@
+"""Sharding on 8 host CPU devices: the rule table, born-sharded params, and sharded == single-device outputs."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from ureward_jax import parallel
+from ureward_jax.models.llava_onevision import LlavaOnevision, init_params, param_shapes
+from tests.models.test_structure import CONFIG
+
+
+def test_make_mesh_sizes():
+  assert dict(parallel.make_mesh(data=2, fsdp=-1, tensor=2).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert dict(parallel.make_mesh().shape) == {"data": 1, "fsdp": 8, "tensor": 1}
+  with pytest.raises(ValueError, match="do not split"):
+    parallel.make_mesh(data=3, fsdp=-1)
+  with pytest.raises(ValueError, match="needs 4 devices, 8 are available"):
+    parallel.make_mesh(data=2, fsdp=2, tensor=1)
+  with pytest.raises(ValueError, match="at most one -1"):
+    parallel.make_mesh(data=-1, fsdp=-1)
+
+
+def test_specs_follow_the_rules_and_skip_axes_that_do_not_divide():
+  mesh = parallel.make_mesh(data=1, fsdp=2, tensor=4)
+  assert parallel.logical_spec(("embed", "heads", "head_dim"), (32, 8, 16), mesh) == P("fsdp", "tensor", None)
+  # 2 kv heads cannot be split 4 ways: kept whole on that axis.
+  assert parallel.logical_spec(("embed", "kv_heads", "head_dim"), (32, 2, 16), mesh) == P("fsdp", None, None)
+  assert parallel.logical_spec(("layers", "mlp", "embed"), (2, 37, 32), mesh) == P(None, None, "fsdp")
+  assert parallel.logical_spec(("batch", "length"), (8, 5), parallel.make_mesh(data=2, fsdp=4)) == \
+      P(("data", "fsdp"), None)
+  with pytest.raises(ValueError, match="no rule"):
+    parallel.logical_spec(("pixels",), (4,), mesh)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+  rng = np.random.RandomState(0)
+  return dict(input_ids=jnp.asarray(rng.randint(0, 120, (4, 9))), attention_mask=jnp.ones((4, 9), jnp.int32),
+              positions=jnp.broadcast_to(jnp.arange(9), (4, 9)),
+              pixels=jnp.asarray(rng.randn(3, 28, 28, 3), jnp.float32),
+              visual_src=jnp.asarray(np.repeat(np.arange(4)[:, None], 4, 1), jnp.int32),
+              visual_weight=jnp.asarray(np.tile([1.0, 0, 0, 0], (4, 1)), jnp.float32),
+              visual_dest=jnp.asarray([2, 3, 4, 5], jnp.int32))
+
+
+@pytest.mark.parametrize("shape", [dict(data=2, fsdp=4, tensor=1), dict(data=2, fsdp=2, tensor=2),
+                                   dict(data=1, fsdp=1, tensor=8)], ids=["fsdp4xdata2", "fsdp2xdata2xtensor2",
+                                                                       "tensor8"])
+def test_sharded_forward_equals_single_device(shape, inputs):
+  mesh = parallel.make_mesh(**shape)
+  params, _ = parallel.init_sharded(lambda r: init_params(CONFIG, r), jax.random.key(0), mesh)
+  module = LlavaOnevision(CONFIG)
+  single = module.apply({"params": jax.device_get(params)}, **inputs)
+  with parallel.activation_rules(mesh):
+    sharded = jax.jit(module.apply)({"params": params}, **inputs)
+  assert np.max(np.abs(np.asarray(sharded) - np.asarray(single))) <= 1e-5 * np.max(np.abs(single))
+
+
+def test_params_are_born_sharded():
+  mesh = parallel.make_mesh(data=1, fsdp=4, tensor=2)
+  params, shardings = parallel.init_sharded(lambda r: init_params(CONFIG, r), jax.random.key(1), mesh)
+  kernel = params["language_model"]["layers"]["mlp"]["up_proj"]["kernel"]   # (layers, embed, mlp)
+  assert kernel.sharding.spec == P(None, "fsdp", "tensor")
+  assert kernel.addressable_shards[0].data.shape == (2, 32 // 4, 64 // 2)
+  # Only norms, biases and the odd-sized pieces of this tiny model stay whole.
+  assert parallel.replicated_fraction(params) < 0.02
+  host = jax.device_get(params)
+  placed = parallel.place(host, shardings)
+  assert placed["image_newline"].sharding == shardings["image_newline"]
+
+
+def test_activation_constraints_only_inside_the_rules_context(inputs):
+  mesh = parallel.make_mesh(data=2, fsdp=4)
+  params = param_shapes(CONFIG)
+  module = LlavaOnevision(CONFIG)
+  plain = jax.jit(module.apply).lower({"params": params}, **inputs).as_text()
+  with parallel.activation_rules(mesh):
+    constrained = jax.jit(module.apply).lower({"params": params}, **inputs).as_text()
+  assert "sharding_constraint" not in plain and constrained.count("sharding_constraint") >= 3
