@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+import ureward_jax
+from converters.llava_onevision import convert_folder
+from tests import tiny_llava
+from tests.models.test_structure import CONFIG
+from tests.tiny_llava import image_inputs
 from ureward_jax import parallel
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params, param_shapes
-from tests.models.test_structure import CONFIG
 
 
 def test_make_mesh_sizes():
@@ -79,3 +83,17 @@ def test_activation_constraints_only_inside_the_rules_context(inputs):
   with parallel.activation_rules(mesh):
     constrained = jax.jit(module.apply).lower({"params": params}, **inputs).as_text()
   assert "sharding_constraint" not in plain and constrained.count("sharding_constraint") >= 3
+
+
+def test_load_onto_a_mesh_computes_the_same(pair, tmp_path):
+  """A converted checkpoint loaded sharded (fsdp 4 × tensor 2) gives the same logits and greedy tokens."""
+  hf, single = pair
+  convert_folder(tiny_llava.save_hf(hf, tmp_path / "hf"), tmp_path / "ours", "float32")
+  sharded = ureward_jax.load(tmp_path / "ours", mesh=parallel.make_mesh(data=1, fsdp=4, tensor=2))
+  kernel = sharded.params["language_model"]["layers"]["mlp"]["up_proj"]["kernel"]
+  assert kernel.sharding.spec == P(None, "fsdp", "tensor")
+  inputs = image_inputs(hf, [(150, 220)], seed=9)
+  expected = single.forward(**inputs)
+  assert np.max(np.abs(sharded.forward(**inputs) - expected)) <= 1e-5 * np.max(np.abs(expected))
+  np.testing.assert_array_equal(sharded.generate(**inputs, max_new_tokens=8), single.generate(**inputs,
+                                                                                               max_new_tokens=8))

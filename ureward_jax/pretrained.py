@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ureward_jax import parallel
+
 CONFIG = "config.json"
 PARAMS = "params"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -58,17 +60,27 @@ def load_params(path: str | Path, dtype=None) -> Any:
   return jax.tree.map(lambda x: np.asarray(x, dtype=dtype) if dtype is not None else np.asarray(x), params)
 
 
-def load(path: str | Path, dtype=jnp.float32, param_dtype=None, device=None, **module_kwargs):
-  """Load a converted checkpoint folder onto `device` (default: the first one), ready to run.
+def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **module_kwargs):
+  """Load a converted checkpoint folder, ready to run.
 
-  dtype: the compute dtype; param_dtype: cast the stored params (None keeps them as stored). The params are
-  placed once here, so calls do not move them again.
+  dtype: the compute dtype; param_dtype: cast the stored params (None keeps them as stored). mesh: shard the
+  params over a `parallel.make_mesh(...)` mesh (a 7B in bf16 across several accelerators); without one they go to
+  the first device. Either way they are placed once here, so calls never move them again.
   """
   config = read_config(path)
   model_type = config.get("model_type")
   if model_type == "llava_onevision":
-    from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
-    params = jax.device_put(load_params(path, param_dtype), device or jax.devices()[0])
-    return LlavaOnevisionForConditionalGeneration.from_params(LlavaOnevisionConfig.from_dict(config), params,
-                                                              dtype=dtype, **module_kwargs)
+    from ureward_jax.models.llava_onevision import (
+      LlavaOnevisionConfig,
+      LlavaOnevisionForConditionalGeneration,
+      param_shapes,
+    )
+    config = LlavaOnevisionConfig.from_dict(config)
+    params = load_params(path, param_dtype)
+    if mesh is None:
+      params = jax.device_put(params, jax.devices()[0])
+    else:
+      params = parallel.place(params, parallel.param_shardings(param_shapes(config, boxed=True), mesh))
+    return LlavaOnevisionForConditionalGeneration.from_params(config, params, dtype=dtype, mesh=mesh,
+                                                              **module_kwargs)
   raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")

@@ -10,7 +10,6 @@ from tests import tiny_llava as T
 from tests.tiny_llava import FULL, MODULE, image_inputs, random_text, reference_logits
 
 
-
 @pytest.mark.parametrize("length", [640, 2200], ids=["640", "2200_chunked_attention"])
 def test_long_text(pair, length):
   hf, ours = pair
@@ -93,6 +92,7 @@ def test_vision_tower_and_projector_modules(pair):
 def test_language_model_module(pair):
   """Per-module parity of the Qwen2 stack's final hidden states on a long sequence (RoPE far from identity)."""
   import jax.numpy as jnp
+
   from ureward_jax.nn.attention import causal_mask
   hf, ours = pair
   ids = np.array([random_text(np.random.RandomState(6), 700)])

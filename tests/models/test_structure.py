@@ -1,10 +1,10 @@
 """Structural promises of the model code: logical axes on every parameter, remat that changes nothing numerically,
 attention backends chosen by name."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 import pytest
 
 from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionConfig, init_params

@@ -8,6 +8,7 @@ the host (`processing/feature_layout.py`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from typing import Any
@@ -16,7 +17,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
+from ureward_jax import parallel
 from ureward_jax.generation.decode import decode, sampling_config
 from ureward_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
@@ -197,14 +200,22 @@ def _layout_arrays(config: LlavaOnevisionConfig, input_ids: np.ndarray, visuals:
 
 @dataclasses.dataclass
 class LlavaOnevisionForConditionalGeneration:
-  """A loaded checkpoint: `config`, `params`, the Flax `module`, and transformers-compatible `forward`."""
+  """A loaded checkpoint: `config`, `params`, the Flax `module`, and transformers-compatible `forward`.
+
+  With a `mesh`, the params are sharded on it (see `parallel.py`) and every call shards activations too.
+  """
   config: LlavaOnevisionConfig
   params: Any
   module: LlavaOnevision
+  mesh: Mesh | None = None
 
   @classmethod
-  def from_params(cls, config: LlavaOnevisionConfig, params, dtype=jnp.float32, **module_kwargs):
-    return cls(config, params, LlavaOnevision(config, dtype=dtype, **module_kwargs))
+  def from_params(cls, config: LlavaOnevisionConfig, params, dtype=jnp.float32, mesh: Mesh | None = None,
+                  **module_kwargs):
+    return cls(config, params, LlavaOnevision(config, dtype=dtype, **module_kwargs), mesh)
+
+  def _rules(self):
+    return parallel.activation_rules(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
   @functools.cached_property
   def _jitted(self):
@@ -234,8 +245,9 @@ class LlavaOnevisionForConditionalGeneration:
     if position_ids is None:
       position_ids = np.broadcast_to(np.arange(length), (batch, length))
     pixels, src, weight, dest = _layout_arrays(self.config, input_ids, list(visuals))
-    logits = self._jitted({"params": self.params}, input_ids, attention_mask, np.asarray(position_ids), pixels, src,
-                          weight, dest)
+    with self._rules():
+      logits = self._jitted({"params": self.params}, input_ids, attention_mask, np.asarray(position_ids), pixels,
+                            src, weight, dest)
     return np.asarray(logits)
 
   def generate(self, input_ids, attention_mask=None, pixel_values=None, image_sizes=None, pixel_values_videos=None,
@@ -251,13 +263,14 @@ class LlavaOnevisionForConditionalGeneration:
     if visuals is None:
       visuals = hf_visuals(self.config, pixel_values, image_sizes, pixel_values_videos, batch_num_images)
     pixels, src, weight, dest = _layout_arrays(self.config, input_ids, list(visuals))
-    embeds = self._embed({"params": self.params}, input_ids, pixels, src, weight, dest)
     cfg = sampling_config(max_new_tokens, eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
                           top_k=top_k, top_p=top_p)
     language_model = Qwen2ForCausalLM(self.config.text, dtype=self.module.dtype, param_dtype=self.module.param_dtype,
                                       attention_backend=self.module.attention_backend)
-    tokens, _ = decode(language_model, self.params["language_model"], embeds, attention_mask,
-                       jax.random.key(seed), cfg)
+    with self._rules():
+      embeds = self._embed({"params": self.params}, input_ids, pixels, src, weight, dest)
+      tokens, _ = decode(language_model, self.params["language_model"], embeds, attention_mask,
+                         jax.random.key(seed), cfg)
     return np.asarray(tokens)
 
 
@@ -273,7 +286,11 @@ def init_params(config: LlavaOnevisionConfig, rng: jax.Array, param_dtype=jnp.fl
                      jnp.ones((1, 4)), jnp.zeros((1,), jnp.int32))["params"]
 
 
-def param_shapes(config: LlavaOnevisionConfig) -> dict:
-  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
-  return nn.unbox(jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0)))
+def param_shapes(config: LlavaOnevisionConfig, boxed: bool = False) -> dict:
+  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything.
+
+  boxed: keep the `nn.LogicallyPartitioned` boxes that carry each parameter's logical axis names.
+  """
+  shapes = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
+  return shapes if boxed else nn.unbox(shapes)
 

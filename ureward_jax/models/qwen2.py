@@ -14,15 +14,15 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from ureward_jax.nn.attention import dot_product_attention
-from ureward_jax.nn.linear import dense, logical, default_kernel_init
+from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import RMSNorm
 from ureward_jax.nn.remat import remat_policy
-from ureward_jax.parallel import constrain
 from ureward_jax.nn.rope import apply_rope, rope_tables
+from ureward_jax.parallel import constrain
 
 # A KV cache: {"k", "v"} of shape (layers, B, S, kv_heads, head_dim); slots [0, S) are filled left to right.
 KVCache = dict[str, jax.Array]

@@ -12,11 +12,11 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.ad_checkpoint import checkpoint_name
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from ureward_jax.nn.attention import dot_product_attention
-from ureward_jax.nn.linear import dense, logical, default_kernel_init
+from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import layer_norm
 from ureward_jax.nn.remat import remat_policy
 from ureward_jax.parallel import constrain
