@@ -110,7 +110,7 @@ class LlavaOnevision(nn.Module):
 
   def embed(self, input_ids: jax.Array, pixels: jax.Array | None = None, visual_src: jax.Array | None = None,
             visual_weight: jax.Array | None = None, visual_dest: jax.Array | None = None) -> jax.Array:
-    """Token embeddings (B, T, D) with visual tokens written at `visual_dest` (V,) flat positions in B·T.
+    """Token embeddings (B, T, D) with visual tokens written at `visual_dest` (V,) flat positions in B·T (≥ B·T: none).
 
     visual_src/visual_weight (V, 4): the layout of `build_layout` over the P patches of `pixels`.
     """
@@ -123,7 +123,8 @@ class LlavaOnevision(nn.Module):
     # The 4-tap sums (bilinear weights such as 0.107) are formed in fp32 whatever the compute dtype.
     visual = jnp.einsum("vk,vkd->vd", visual_weight.astype(jnp.float32), table[visual_src].astype(jnp.float32))
     batch, length, width = embeds.shape
-    embeds = embeds.reshape(batch * length, width).at[visual_dest].set(visual.astype(embeds.dtype))
+    # Destinations past B·T are padding rows of a fixed-size layout: dropped.
+    embeds = embeds.reshape(batch * length, width).at[visual_dest].set(visual.astype(embeds.dtype), mode="drop")
     return embeds.reshape(batch, length, width)
 
   def __call__(self, input_ids, attention_mask, positions, pixels=None, visual_src=None, visual_weight=None,

@@ -1,0 +1,63 @@
+"""Optimiser, learning-rate schedule and module freezing for reward-model training.
+
+AdamW with global-norm clipping and the transformers Trainer's schedules (linear warm-up over
+ceil(warmup_ratio · steps) steps, then cosine or linear decay to 0, or constant). Freezing follows LLaVA-NeXT's
+`mm_tunable_parts`: a frozen part gets no update and no optimiser state beyond zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import optax
+
+# LLaVA-NeXT's tunable parts → our top-level parameter groups. `image_newline` trains with the language model there
+# (its rule is "everything outside the vision tower and projector").
+TUNABLE_PARTS = {
+    "mm_language_model": ("language_model", "image_newline"),
+    "mm_mlp_adapter": ("multi_modal_projector",),
+    "mm_vision_tower": ("vision_tower",),
+}
+ALL_PARTS = tuple(TUNABLE_PARTS)
+
+
+def learning_rate_schedule(lr: float, num_steps: int, schedule: str = "cosine", warmup_ratio: float = 0.0):
+  warmup = math.ceil(warmup_ratio * num_steps)
+  if schedule == "constant":
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+  if schedule == "cosine":
+    decay = optax.cosine_decay_schedule(lr, max(num_steps - warmup, 1))
+  elif schedule == "linear":
+    decay = optax.linear_schedule(lr, 0.0, max(num_steps - warmup, 1))
+  else:
+    raise ValueError(f"unknown schedule {schedule!r}; expected cosine, linear or constant")
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def trainable_labels(params: dict, parts: Sequence[str] = ALL_PARTS) -> dict:
+  """"train" / "freeze" for every leaf, by top-level group."""
+  unknown = set(parts) - set(TUNABLE_PARTS)
+  if unknown:
+    raise ValueError(f"unknown tunable parts {sorted(unknown)}; expected some of {list(TUNABLE_PARTS)}")
+  groups = {group for part in parts for group in TUNABLE_PARTS[part]}
+  return {name: jax.tree.map(lambda _, n=name: "train" if n in groups else "freeze", tree)
+          for name, tree in params.items()}
+
+
+def make_optimizer(params: dict, lr: float, num_steps: int, schedule: str = "cosine", warmup_ratio: float = 0.0,
+                   weight_decay: float = 0.0, clip_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999,
+                   eps: float = 1e-8, parts: Sequence[str] = ALL_PARTS) -> optax.GradientTransformation:
+  """AdamW for the trainable parts of `params` (decay on matrices only, as transformers' Trainer skips biases and
+  norms), nothing for the frozen ones."""
+  decay_mask = jax.tree.map(lambda p: p.ndim >= 2, params)
+  adamw = optax.adamw(learning_rate_schedule(lr, num_steps, schedule, warmup_ratio), b1=b1, b2=b2, eps=eps,
+                      weight_decay=weight_decay, mask=decay_mask)
+  chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
+  train = optax.chain(*chain, adamw)
+  return optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, parts))
+
+
+def param_count(params: Any) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))
