@@ -73,7 +73,7 @@ def test_grouped_query_attention_equals_repeated_kv():
 
 
 @pytest.mark.parametrize("with_mask", [True, False])
-def test_long_queries_are_chunked_without_changing_the_result(with_mask):
+def test_long_queries_are_chunked_without_changing_the_result_or_its_gradient(with_mask):
   rng = np.random.RandomState(1)
   q = jnp.asarray(rng.randn(2, 301, 4, 8), jnp.float32)
   k, v = (jnp.asarray(rng.randn(2, 301, 2, 8), jnp.float32) for _ in range(2))
@@ -82,3 +82,7 @@ def test_long_queries_are_chunked_without_changing_the_result(with_mask):
   whole = dot_product_attention(q, k, v, mask, query_chunk=1024)
   chunked = dot_product_attention(q, k, v, mask, query_chunk=64)   # 5 chunks, the last one padded
   np.testing.assert_allclose(chunked, whole, rtol=1e-6, atol=1e-6)
+  grads = [jax.grad(lambda *a, c=c: jnp.sum(jnp.sin(dot_product_attention(*a, mask, query_chunk=c))),
+                    argnums=(0, 1, 2))(q, k, v) for c in (1024, 64)]
+  for whole_grad, chunked_grad in zip(*grads):
+    np.testing.assert_allclose(chunked_grad, whole_grad, rtol=1e-5, atol=1e-6)

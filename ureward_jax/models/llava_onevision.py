@@ -63,6 +63,16 @@ class LlavaOnevisionConfig:
     return cls(**d)
 
 
+# Architectures by name, for runs and compiles that start from no checkpoint. The 7B is UnifiedReward-7b's
+# (LLaVA-OneVision-7B: so400m cut to 26 layers, Qwen2-7B with its 152,064-row vocabulary).
+PRESETS = {
+    "llava_onevision_7b": LlavaOnevisionConfig(),
+    "llava_onevision_0.5b": LlavaOnevisionConfig(text=Qwen2Config(
+        vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+        num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)),
+}
+
+
 _PROJECTOR_ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
                           "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 

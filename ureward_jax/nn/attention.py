@@ -17,8 +17,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, ma
   """Softmax(q kᵀ / √H) v with the softmax in fp32; rows with no allowed key come out as the mean of the values.
 
   The xla backend takes queries `query_chunk` at a time once there are more than twice that many, so the fp32
-  logits of a long prompt (28 heads × 12k² × 4 B ≈ 16 GB for a UnifiedReward video pair) never exist at once;
-  each query row still sees all its keys, so the result is the same.
+  logits of a long prompt (28 heads × 12k² × 4 B ≈ 16 GB for a UnifiedReward video pair) never exist at once, in
+  the forward or the backward pass; each query row still sees all its keys, so the result is the same.
   """
   if backend == "xla":
     if query.shape[1] > 2 * query_chunk:
@@ -38,7 +38,10 @@ def _chunked(query, key, value, mask, chunk):
   if mask is not None:
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)))
     mask = mask.reshape(*mask.shape[:2], chunks, chunk, mask.shape[-1]).transpose(2, 0, 1, 3, 4)
-  out = jax.lax.map(lambda qm: _xla_attention(qm[0], key, value, qm[1]), (query, mask))
+  # Each chunk is recomputed in the backward pass rather than keeping its (B, N, chunk, S) probabilities for every
+  # chunk at once: the memory behaviour of flash attention, at the price of one more forward of the logits.
+  one_chunk = jax.checkpoint(lambda q, m: _xla_attention(q, key, value, m))
+  out = jax.lax.map(lambda qm: one_chunk(*qm), (query, mask))
   return out.swapaxes(0, 1).reshape(batch, chunks * chunk, *out.shape[3:])[:, :q_len]
 
 

@@ -1,0 +1,150 @@
+"""Compile the exact reward-model training step for a TPU topology on this host, and report whether it fits.
+
+  python -m launch.aot --config=configs/reward_llava_ov_7b.py --topology=v5p-64 [--json]
+
+TPU topologies come from libtpu (the `tpu` extra) and compile under JAX_PLATFORMS=cpu; no TPU is needed. The
+report: `per_device_bytes` (arguments + temporaries + outputs − aliased donations, from XLA's memory analysis),
+`hbm_bytes` of the chip, `model_flops_per_step` (analytic: XLA's cost analysis counts a scanned layer once) and
+`compile_seconds`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from ureward_jax import parallel  # noqa: E402
+from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
+from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
+from ureward_jax.train.step import make_sft_step  # noqa: E402
+
+GiB = 2**30
+# Public names → libtpu topology names. v5p and v4 names count TensorCores (2 per chip), v5e and v6e count chips.
+TOPOLOGIES = {"v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v5p-64": "v5p:4x4x2",
+              "v5p-128": "v5p:4x4x4", "v5p-256": "v5p:4x4x8", "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4",
+              "v5e-16": "v5e:4x4", "v5e-64": "v5e:8x8", "v5e-256": "v5e:16x16", "v6e-8": "v6e:2x4",
+              "v6e-64": "v6e:8x8", "v6e-256": "v6e:16x16", "v4-8": "v4:2x2x1", "v4-32": "v4:2x2x4"}
+HBM_BYTES = {"TPU v5": 95 * GiB, "TPU v5 lite": 16 * GiB, "TPU v6 lite": 32 * GiB, "TPU v4": 32 * GiB}
+
+
+def topology_devices(name: str) -> list:
+  from jax.experimental import topologies
+  topology = TOPOLOGIES.get(name, name)
+  if ":" not in topology:
+    raise ValueError(f"unknown topology {name!r}; use one of {sorted(TOPOLOGIES)} or a libtpu name like v5p:4x4x2")
+  return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
+
+
+def model_flops_per_step(model: LlavaOnevisionConfig, tokens: int, patches: int, length: int) -> float:
+  """6 · parameters · tokens for the matmuls of both towers plus causal attention (half of 12 · L · D · T per token)."""
+  text, vision = model.text, model.vision
+  text_params = text.num_hidden_layers * (2 * text.hidden_size * text.num_attention_heads * text.head_dim
+                                          + 2 * text.hidden_size * text.num_key_value_heads * text.head_dim
+                                          + 3 * text.hidden_size * text.intermediate_size) \
+      + text.hidden_size * text.vocab_size
+  vision_params = vision.num_hidden_layers * (4 * vision.hidden_size**2 + 2 * vision.hidden_size *
+                                              vision.intermediate_size)
+  vision_tokens = patches * vision.tokens_per_side**2
+  attention = 6 * text.num_hidden_layers * text.num_attention_heads * text.head_dim * length * tokens
+  vision_attention = 12 * vision.num_hidden_layers * vision.hidden_size * vision.tokens_per_side**2 * vision_tokens
+  return 6 * text_params * tokens + 6 * vision_params * vision_tokens + attention + vision_attention
+
+
+def abstract_batch(config, model: LlavaOnevisionConfig, mesh) -> dict:
+  """The step's batch as shaped, sharded placeholders: (A, B, T) tokens and a fixed visual budget per sample."""
+  accum, length = config.train.grad_accum, config.data.max_length
+  micro = config.data.batch_size // accum
+  patches = micro * config.data.patches_per_sample
+  visual = min(patches * model.vision.tokens_per_side**2, micro * length)
+  side = model.vision.image_size
+  rows = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+  whole = NamedSharding(mesh, PartitionSpec())
+  shaped = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+  return dict(input_ids=shaped((accum, micro, length), jnp.int32, rows),
+              labels=shaped((accum, micro, length), jnp.int32, rows),
+              attention_mask=shaped((accum, micro, length), jnp.int32, rows),
+              positions=shaped((accum, micro, length), jnp.int32, rows),
+              pixels=shaped((accum, patches, side, side, model.vision.num_channels), jnp.float32, rows),
+              visual_src=shaped((accum, visual, 4), jnp.int32, whole),
+              visual_weight=shaped((accum, visual, 4), jnp.float32, whole),
+              visual_dest=shaped((accum, visual), jnp.int32, whole))
+
+
+def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = None) -> dict:
+  """Lower and compile the SFT step of `config` for `devices`; returns the report."""
+  model = model or PRESETS[config.model.preset]
+  if config.data.batch_size % config.train.grad_accum:
+    raise ValueError(f"batch_size {config.data.batch_size} is not a multiple of grad_accum {config.train.grad_accum}")
+  mesh = parallel.make_mesh(**config.mesh, devices=devices)
+  micro, shards = config.data.batch_size // config.train.grad_accum, mesh.shape["data"] * mesh.shape["fsdp"]
+  if micro % shards:
+    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum) cannot be split over "
+                     f"{shards} data × fsdp devices; lower grad_accum or raise batch_size")
+  module = LlavaOnevision(model, dtype=jnp.dtype(config.model.dtype), remat=config.remat)
+  shardings = parallel.param_shardings(param_shapes(model, boxed=True), mesh)
+  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), param_shapes(model),
+                        shardings)
+  optimizer = make_optimizer(params, config.optim.lr, config.train.num_steps, config.optim.schedule,
+                             config.optim.warmup_ratio, config.optim.weight_decay, config.optim.clip_norm,
+                             parts=tuple(config.train.tunable_parts))
+  batch = abstract_batch(config, model, mesh)
+  start = time.perf_counter()
+  with parallel.activation_rules(mesh):
+    # The optimiser state takes the shardings XLA propagates from the params; its scalars (step counts) live whole.
+    opt_shardings = jax.tree.map(
+        lambda sh: sh if isinstance(sh, NamedSharding) else NamedSharding(mesh, PartitionSpec()),
+        jax.jit(optimizer.init).lower(params).compile().output_shardings)
+    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                         jax.eval_shape(optimizer.init, params), opt_shardings)
+    step = jax.jit(make_sft_step(module, optimizer, config.train.logits_chunk),
+                   out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+    compiled = step.lower(params, state, batch).compile()
+  seconds = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  per_device = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes)
+  kind = devices[0].device_kind
+  tokens = config.data.batch_size * config.data.max_length
+  return dict(topology=str(devices[0].platform) + f" × {len(devices)} ({kind})", devices=len(devices),
+              mesh=dict(mesh.shape), parameters=param_count(params), per_device_bytes=int(per_device),
+              hbm_bytes=HBM_BYTES.get(kind), fits=per_device <= HBM_BYTES.get(kind, float("inf")),
+              replicated_param_fraction=_replicated_fraction(params, shardings),
+              model_flops_per_step=model_flops_per_step(model, tokens, config.data.batch_size *
+                                                        config.data.patches_per_sample, config.data.max_length),
+              compile_seconds=round(seconds, 1))
+
+
+def _replicated_fraction(params, shardings) -> float:
+  total = sum(p.size for p in jax.tree.leaves(params))
+  whole = sum(p.size for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)) if s.is_fully_replicated)
+  return whole / total
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/reward_llava_ov_7b.py")
+_TOPOLOGY = flags.DEFINE_string("topology", "v5p-64", "TPU topology, e.g. v5p-64, v5e-256 or v5p:4x4x2")
+_JSON = flags.DEFINE_bool("json", False, "print the report as one JSON object")
+
+
+def main(_):
+  report = compile_train_step(_CONFIG.value, topology_devices(_TOPOLOGY.value))
+  if _JSON.value:
+    print(json.dumps(report))
+    return
+  for key, value in report.items():
+    if key in ("per_device_bytes", "hbm_bytes") and value is not None:
+      value = f"{value / GiB:.2f} GiB"
+    print(f"{key:>26}: {value}")
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

@@ -1,0 +1,54 @@
+"""Ahead-of-time compilation of the real training step for a TPU topology, on this CPU host (libtpu)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `make test`")
+
+import configs.reward_llava_ov_7b as reward_config  # noqa: E402
+from launch.aot import compile_train_step, model_flops_per_step, topology_devices  # noqa: E402
+from tests.models.test_structure import CONFIG  # noqa: E402
+from ureward_jax.models.llava_onevision import PRESETS  # noqa: E402
+
+
+def small_run():
+  config = reward_config.get_config()
+  config.data.update(batch_size=8, max_length=64, patches_per_sample=2)
+  config.train.grad_accum = 2
+  return config
+
+
+def test_tiny_model_step_compiles_for_a_v5e_slice_and_fits():
+  report = compile_train_step(small_run(), topology_devices("v5e-4"), model=CONFIG)
+  assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  assert 0 < report["per_device_bytes"] < report["hbm_bytes"] == 16 * 2**30 and report["fits"]
+  assert report["replicated_param_fraction"] < 0.02
+
+
+def test_command_line_reports_json(tmp_path):
+  # A 2-chip v5p slice and the tiny config through the real command: the 7B preset is swapped by an override.
+  out = subprocess.run([sys.executable, "-m", "launch.aot", "--config=configs/reward_llava_ov_7b.py",
+                        "--topology=v5p-8", "--json", "--config.model.preset=llava_onevision_0.5b",
+                        "--config.data.batch_size=4", "--config.train.grad_accum=1", "--config.data.max_length=128",
+                        "--config.data.patches_per_sample=1", "--config.remat=full"],
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  assert set(report) >= {"per_device_bytes", "hbm_bytes", "model_flops_per_step", "compile_seconds"}
+  assert report["devices"] == 4 and report["fits"]
+
+
+def test_unknown_topology_is_named():
+  with pytest.raises(ValueError, match="unknown topology 'v9x-1'"):
+    topology_devices("v9x-1")
+
+
+def test_model_flops_scale_with_tokens():
+  seven_b = PRESETS["llava_onevision_7b"]
+  one = model_flops_per_step(seven_b, tokens=1000, patches=0, length=1000)
+  assert model_flops_per_step(seven_b, tokens=2000, patches=0, length=1000) == pytest.approx(2 * one)
+  # ≈ 6 × 7.07 B matmul parameters per token (models.md §2), plus attention.
+  assert 6 * 7.0e9 * 1000 < one < 6 * 7.3e9 * 1000
