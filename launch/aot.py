@@ -66,7 +66,7 @@ def abstract_batch(config, model: LlavaOnevisionConfig, mesh) -> dict:
   patches = micro * config.data.patches_per_sample
   visual = min(patches * model.vision.tokens_per_side**2, micro * length)
   side = model.vision.image_size
-  rows = NamedSharding(mesh, PartitionSpec(None, ("data", "fsdp")))
+  rows = parallel.data_sharding(mesh, batch_axis=1)
   whole = NamedSharding(mesh, PartitionSpec())
   shaped = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
   return dict(input_ids=shaped((accum, micro, length), jnp.int32, rows),
@@ -85,7 +85,7 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   if config.data.batch_size % config.train.grad_accum:
     raise ValueError(f"batch_size {config.data.batch_size} is not a multiple of grad_accum {config.train.grad_accum}")
   mesh = parallel.make_mesh(**config.mesh, devices=devices)
-  micro, shards = config.data.batch_size // config.train.grad_accum, mesh.shape["data"] * mesh.shape["fsdp"]
+  micro, shards = config.data.batch_size // config.train.grad_accum, parallel.batch_shards(mesh)
   if micro % shards:
     raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum) cannot be split over "
                      f"{shards} data × fsdp devices; lower grad_accum or raise batch_size")

@@ -116,9 +116,14 @@ def replicated_fraction(params: Any) -> float:
   return replicated / total if total else 0.0
 
 
-def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Sharding of a batch-major input: the batch over (data, fsdp), every other dimension whole."""
-  return NamedSharding(mesh, PartitionSpec(("data", "fsdp")))
+def data_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
+  """Sharding of an input whose axis `batch_axis` is the batch: spread over (data, fsdp), every other axis whole."""
+  return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), ("data", "fsdp")))
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many ways the batch is split."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 _ACTIVE_MESH: contextvars.ContextVar[Mesh | None] = contextvars.ContextVar("active_mesh", default=None)
