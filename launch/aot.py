@@ -117,16 +117,10 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   return dict(topology=str(devices[0].platform) + f" × {len(devices)} ({kind})", devices=len(devices),
               mesh=dict(mesh.shape), parameters=param_count(params), per_device_bytes=int(per_device),
               hbm_bytes=HBM_BYTES.get(kind), fits=per_device <= HBM_BYTES.get(kind, float("inf")),
-              replicated_param_fraction=_replicated_fraction(params, shardings),
+              replicated_param_fraction=parallel.replicated_fraction(params, shardings),
               model_flops_per_step=model_flops_per_step(model, tokens, config.data.batch_size *
                                                         config.data.patches_per_sample, config.data.max_length),
               compile_seconds=round(seconds, 1))
-
-
-def _replicated_fraction(params, shardings) -> float:
-  total = sum(p.size for p in jax.tree.leaves(params))
-  whole = sum(p.size for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)) if s.is_fully_replicated)
-  return whole / total
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/reward_llava_ov_7b.py")

@@ -105,13 +105,17 @@ def place(params: Any, shardings: Any) -> Any:
   return jax.tree.map(jax.device_put, params, shardings)
 
 
-def replicated_fraction(params: Any) -> float:
-  """Fraction of parameter bytes held in full by every device (0 = everything sharded)."""
+def replicated_fraction(params: Any, shardings: Any = None) -> float:
+  """Fraction of parameter bytes held in full by every device (0 = everything sharded).
+
+  `params` are arrays, or shapes (`jax.ShapeDtypeStruct`) with `shardings` given alongside for a compile-only check.
+  """
+  shardings = jax.tree.map(lambda p: p.sharding, params) if shardings is None else shardings
   total = replicated = 0
-  for leaf in jax.tree.leaves(params):
+  for leaf, sharding in zip(jax.tree.leaves(params), jax.tree.leaves(shardings)):
     nbytes = leaf.size * leaf.dtype.itemsize
     total += nbytes
-    if leaf.sharding.is_fully_replicated:
+    if sharding.is_fully_replicated:
       replicated += nbytes
   return replicated / total if total else 0.0
 
