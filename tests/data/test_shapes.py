@@ -1,0 +1,205 @@
+"""The shapes world: deterministic, every task × mode in the official record format, ground truth true to the
+pixels, and a word-level tokenizer that covers it."""
+
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import tokenizers
+import yaml
+from PIL import Image
+
+from ureward_jax.data import shapes
+from ureward_jax.reward import prompts
+
+NUM = 24
+NAMES = [f"{task}_{mode}" for task in prompts.TASKS for mode in prompts.MODES]
+CHAT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\n"
+        "Text Caption: [a red circle]<|im_end|>\n")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+  out = tmp_path_factory.mktemp("shapes")
+  assert shapes.generate(out, num_per_task=NUM) == dict.fromkeys(NAMES, NUM)
+  shapes.generate(out, num_per_task=NUM, split="test")
+  return out
+
+
+def records(root, split="train"):
+  return {name: json.loads((root / split / f"{name}.json").read_text()) for name in NAMES}
+
+
+def files(folder: pathlib.Path) -> dict[str, bytes]:
+  return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_same_arguments_write_identical_bytes(root, tmp_path):
+  shapes.generate(tmp_path, num_per_task=NUM)
+  ours = files(tmp_path)
+  assert ours == {k: v for k, v in files(root).items() if k in ours}
+  assert len(ours) > 8 * NUM
+
+
+def test_seeds_and_splits_draw_different_samples(root, tmp_path):
+  shapes.generate(tmp_path, num_per_task=NUM, seed=1)
+  for other in (records(root, "test"), records(tmp_path)):
+    for name, train in records(root).items():
+      assert not {r["id"] for r in train} & {r["id"] for r in other[name]}
+      same = sum(a["conversations"] == b["conversations"] for a, b in zip(train, other[name]))
+      assert same < NUM // 2, name
+  paths = {split: {json.dumps([r.get(k) for k in ("image", "images", "video")])
+                   for data in records(root, split).values() for r in data} for split in ("train", "test")}
+  assert not paths["train"] & paths["test"]
+
+
+def test_mixture_yaml_lists_every_file(root):
+  mixture = yaml.safe_load((root / "train.yaml").read_text())
+  assert mixture["datasets"] == [{"json_path": f"train/{name}.json", "sampling_strategy": "all", "image_folder": "."}
+                                 for name in NAMES]
+
+
+def media_paths(record):
+  if "image" in record:
+    return [record["image"]]
+  if "images" in record:
+    return record["images"]
+  return [f"{record['video']}/{p.name}" for p in sorted(pathlib.Path(record["video"]).iterdir())]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_records_follow_the_official_format(root, name, monkeypatch):
+  monkeypatch.chdir(root)
+  task, mode = name.rsplit("_", 1)
+  template = prompts.template(task, mode)
+  for record in records(root)[name]:
+    assert sum(key in record for key in ("image", "images", "video")) == 1
+    assert record["task"] == task and record["mode"] == mode
+    human, gpt = record["conversations"]
+    assert human["from"] == "human" and gpt["from"] == "gpt"
+    frames = media_paths(record)
+    assert len(frames) == prompts.image_markers(task, mode, num_frames=4) == human["value"].count("<image>")
+    assert all(Image.open(p).size == (32, 32) for p in frames)
+    assert human["value"].startswith("<image>\n <image>\n" if template.space_between_inputs else "<image>\n")
+    text = re.sub(r"^(<image>\n ?)+", "", human["value"])
+    fields = re.findall(r"\[(.*?)\]", text)[-len(template.fields):]
+    assert text == prompts.render(task, mode, **dict(zip(template.fields, fields)))
+    if mode == "pair":
+      assert gpt["value"] == template.verdicts[record["winner"]]
+    else:
+      low, high = template.score_range
+      score = int(re.fullmatch(r"(?s).*\nFinal Score: (\d+)", gpt["value"]).group(1))
+      assert score == record["score"] and low <= score <= high
+  winners = [r.get("winner") for r in records(root)[name]]
+  assert mode == "point" or {1, 2} <= set(winners)
+
+
+def blobs(path) -> dict[str, tuple[str, tuple[float, float]]]:
+  """{colour: (kind, centre (y, x))} of the shapes in an image, the kind from how much of its box it fills."""
+  pixels = np.asarray(Image.open(path).convert("RGB"))
+  found = {}
+  for color, rgb in shapes.COLORS.items():
+    ys, xs = np.nonzero((pixels == rgb).all(-1))
+    if len(ys):
+      fill = len(ys) / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+      found[color] = ("square" if fill > 0.95 else "circle" if fill > 0.65 else "triangle", (ys.mean(), xs.mean()))
+  assert (pixels != shapes.BACKGROUND).any(-1).sum() == sum(
+      (pixels == rgb).all(-1).sum() for rgb in shapes.COLORS.values())
+  return found
+
+
+def caption_holds(caption: str, found) -> bool:
+  objects = re.findall(r"an? (\w+) (\w+)", caption)
+  return len(found) == len(objects) and all(found.get(color, ("",))[0] == kind for color, kind in objects)
+
+
+def video_motion(frames) -> tuple[str, str, str]:
+  """(colour, kind, direction) of the one shape moving through `frames`."""
+  (color, (kind, start)), = blobs(frames[0]).items()
+  (_, (_, end)), = blobs(frames[-1]).items()
+  dy, dx = np.subtract(end, start)
+  direction = ("down" if dy > 0 else "up") if abs(dy) > abs(dx) else ("right" if dx > 0 else "left")
+  return color, kind, direction
+
+
+def statement_holds(statement: str, found=None, motion=None) -> bool:
+  """Whether an answer of the world is true of an image's shapes `found` or a video's `motion`."""
+  if m := re.fullmatch(r"The (\w+) moves (\w+)\.", statement):
+    return motion[1:] == m.groups()
+  if m := re.fullmatch(r"The (\w+) is (\w+)\.", statement):
+    return (motion[1::-1] == m.groups()) if motion else found.get(m.group(2), ("",))[0] == m.group(1)
+  if m := re.fullmatch(r"The (\w+) shape is a (\w+)\.", statement):
+    return found.get(m.group(1), ("",))[0] == m.group(2)
+  m = re.fullmatch(r"There (?:is|are) (\d) shapes?\.", statement)
+  return len(found) == int(m.group(1))
+
+
+def test_generation_ground_truth_is_in_the_pixels(root, monkeypatch):
+  monkeypatch.chdir(root)
+  data = records(root)
+  for r in data["image_generation_pair"]:
+    caption = re.findall(r"\[(.*?)\]", r["conversations"][0]["value"])[-1]
+    holds = [caption_holds(caption, blobs(p)) for p in r["images"]]
+    assert holds[r["winner"] - 1] and not holds[2 - r["winner"]]
+  for r in data["image_generation_point"]:
+    found = blobs(r["image"])
+    for word, kind, value in re.findall(r"(\w+) \((\w+)\): (\d)", r["conversations"][1]["value"]):
+      present = word in found if kind == "color" else word in {k for k, _ in found.values()}
+      assert present == (value == "1"), (r["id"], word)
+  for r in data["video_generation_pair"]:
+    caption = re.findall(r"\[(.*?)\]", r["conversations"][0]["value"])[-1]
+    want = tuple(re.fullmatch(r"an? (\w+) (\w+) moving (\w+)", caption).groups())
+    videos = [video_motion(r["images"][:4]), video_motion(r["images"][4:])]
+    assert videos[r["winner"] - 1] == want and videos[2 - r["winner"]] != want
+  for r in data["video_generation_point"]:
+    caption = re.findall(r"\[(.*?)\]", r["conversations"][0]["value"])[-1]
+    want = re.fullmatch(r"an? (\w+) (\w+) moving (\w+)", caption).groups()
+    right = sum(a == b for a, b in zip(video_motion(media_paths(r)), want))
+    assert r["score"] == 1 + 3 * right
+
+
+def test_understanding_ground_truth_is_in_the_pixels(root, monkeypatch):
+  monkeypatch.chdir(root)
+  for task in ("image_understanding", "video_understanding"):
+    data = records(root)
+    for r in data[f"{task}_pair"] + data[f"{task}_point"]:
+      frames = media_paths(r)
+      seen = {"motion": video_motion(frames)} if task == "video_understanding" else {"found": blobs(frames[0])}
+      responses = re.findall(r"\[(.*?)\]", r["conversations"][0]["value"])[1:]
+      truths = [statement_holds(response, **seen) for response in responses]
+      if r["mode"] == "pair":
+        assert truths == [r["winner"] == 1, r["winner"] == 2], r["id"]
+      else:
+        assert r["score"] == prompts.template(task, "point").score_range[truths[0]], r["id"]
+
+
+def test_tokenizer_encodes_every_record_and_decodes_it_back(root):
+  tokenizer = shapes.shapes_tokenizer()
+  assert 300 <= tokenizer.get_vocab_size() <= 2000
+  for name, data in records(root).items():
+    for r in data[:4]:
+      text = "".join(f"<|im_start|>{role}\n{m['value']}<|im_end|>\n"
+                     for role, m in zip(("user", "assistant"), r["conversations"]))
+      ids = tokenizer.encode(CHAT + text, add_special_tokens=False).ids
+      assert tokenizer.token_to_id(shapes.UNKNOWN_TOKEN) not in ids, name
+      assert tokenizer.decode(ids, skip_special_tokens=False) == CHAT + text
+
+
+def test_tokenizer_special_tokens_newline_and_unknown_words(tmp_path):
+  tokenizer = shapes.shapes_tokenizer()
+  special = {t: tokenizer.token_to_id(t) for t in (*shapes.SPECIAL_TOKENS, shapes.IMAGE_TOKEN, "\n")}
+  assert None not in special.values() and len(set(special.values())) == 5
+  ids = tokenizer.encode(CHAT, add_special_tokens=False).ids
+  assert ids.count(special["<|im_start|>"]) == 2 and ids.count(special["<|im_end|>"]) == 2
+  assert ids.count(special["<image>"]) == 1 and ids.count(special["\n"]) == 5
+  assert tokenizer.encode("\n", add_special_tokens=False).ids == [special["\n"]]
+  assert tokenizer.decode(ids) == CHAT.replace("<|im_start|>", "").replace("<|im_end|>", "")
+  unknown = tokenizer.encode("a red zebra", add_special_tokens=False)
+  assert unknown.ids[-1] == tokenizer.token_to_id(shapes.UNKNOWN_TOKEN) == 0
+  assert tokenizer.decode(unknown.ids) == "a red[UNK]"
+  tokenizer.save(str(tmp_path / "tokenizer.json"))
+  loaded = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+  assert loaded.encode(CHAT, add_special_tokens=False).ids == ids
+  assert loaded.to_str() == shapes.shapes_tokenizer().to_str()
