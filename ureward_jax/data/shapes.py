@@ -4,7 +4,9 @@ Images (image_size², RGB PNG) show one or two shapes (circle, square, triangle)
 light grey background; videos are folders of `num_frames` PNG frames of one shape crossing the frame left, right, up
 or down. Records are LLaVA training records in the official format, prompts from `reward.prompts` (default wording),
 targets the official verdict or `Final Score:` line, plus ground truth the training reader ignores: "task", "mode",
-and "winner" (1 | 2) or "score".
+and "winner" (1 | 2) or "score". The user turn opens with one "<image>\n" per visual input as LLaVA-NeXT's trainer
+counts them and rewrites them (`train.py::_get_item`): one per image, one per video, where a video pair's frames
+are one video to it; not the inference scripts' one per frame (`prompts.image_markers`).
 
 What each task asks and how its target follows from what was drawn:
   image_generation    caption "a red circle and a blue square". pair: the faithful image against one with one
@@ -190,9 +192,8 @@ class _Writer:
     return paths
 
   def record(self, index: int, media: dict, target: str, truth: dict, **fields: str) -> dict:
-    template = prompts.template(self.task, self.mode)
-    markers = prompts.image_markers(self.task, self.mode, self.num_frames)
-    human = prompts.user_turn(prompts.render(self.task, self.mode, **fields), markers, template.space_between_inputs)
+    markers = 2 if len(media.get("images", ())) == 2 else 1
+    human = prompts.user_turn(prompts.render(self.task, self.mode, **fields), markers)
     return {"id": f"{self.id_prefix}-{index:06d}", **media,
             "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": target}],
             "task": self.task, "mode": self.mode, **truth}
