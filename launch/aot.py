@@ -24,6 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from ureward_jax import parallel  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
+from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
 from ureward_jax.train.step import make_sft_step  # noqa: E402
 
@@ -44,39 +45,19 @@ def topology_devices(name: str) -> list:
   return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
 
 
-def model_flops_per_step(model: LlavaOnevisionConfig, tokens: int, patches: int, length: int) -> float:
-  """6 · parameters · tokens for the matmuls of both towers plus causal attention (half of 12 · L · D · T per token)."""
-  text, vision = model.text, model.vision
-  text_params = text.num_hidden_layers * (2 * text.hidden_size * text.num_attention_heads * text.head_dim
-                                          + 2 * text.hidden_size * text.num_key_value_heads * text.head_dim
-                                          + 3 * text.hidden_size * text.intermediate_size) \
-      + text.hidden_size * text.vocab_size
-  vision_params = vision.num_hidden_layers * (4 * vision.hidden_size**2 + 2 * vision.hidden_size *
-                                              vision.intermediate_size)
-  vision_tokens = patches * vision.tokens_per_side**2
-  attention = 6 * text.num_hidden_layers * text.num_attention_heads * text.head_dim * length * tokens
-  vision_attention = 12 * vision.num_hidden_layers * vision.hidden_size * vision.tokens_per_side**2 * vision_tokens
-  return 6 * text_params * tokens + 6 * vision_params * vision_tokens + attention + vision_attention
-
-
 def abstract_batch(config, model: LlavaOnevisionConfig, mesh) -> dict:
   """The step's batch as shaped, sharded placeholders: (A, B, T) tokens and a fixed visual budget per sample."""
   accum, length = config.train.grad_accum, config.data.max_length
-  micro = config.data.batch_size // accum
-  patches = micro * config.data.patches_per_sample
-  visual = min(patches * model.vision.tokens_per_side**2, micro * length)
+  micro, patches = config.data.batch_size // accum, config.data.patches_per_sample
+  visual = min(patches * model.vision.tokens_per_side**2, length)
   side = model.vision.image_size
   rows = parallel.data_sharding(mesh, batch_axis=1)
-  whole = NamedSharding(mesh, PartitionSpec())
-  shaped = lambda shape, dtype, sharding: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
-  return dict(input_ids=shaped((accum, micro, length), jnp.int32, rows),
-              labels=shaped((accum, micro, length), jnp.int32, rows),
-              attention_mask=shaped((accum, micro, length), jnp.int32, rows),
-              positions=shaped((accum, micro, length), jnp.int32, rows),
-              pixels=shaped((accum, patches, side, side, model.vision.num_channels), jnp.float32, rows),
-              visual_src=shaped((accum, visual, 4), jnp.int32, whole),
-              visual_weight=shaped((accum, visual, 4), jnp.float32, whole),
-              visual_dest=shaped((accum, visual), jnp.int32, whole))
+  shaped = lambda shape, dtype: jax.ShapeDtypeStruct((accum, micro) + shape, dtype, sharding=rows)
+  return dict(input_ids=shaped((length,), jnp.int32), labels=shaped((length,), jnp.int32),
+              attention_mask=shaped((length,), jnp.int32), positions=shaped((length,), jnp.int32),
+              pixels=shaped((patches, side, side, model.vision.num_channels), jnp.float32),
+              visual_src=shaped((visual, 4), jnp.int32), visual_weight=shaped((visual, 4), jnp.float32),
+              visual_dest=shaped((visual,), jnp.int32))
 
 
 def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = None) -> dict:

@@ -9,9 +9,10 @@ import pytest
 pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `make test`")
 
 import configs.reward_llava_ov_7b as reward_config  # noqa: E402
-from launch.aot import compile_train_step, model_flops_per_step, topology_devices  # noqa: E402
+from launch.aot import compile_train_step, topology_devices  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS  # noqa: E402
+from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 
 
 def small_run():

@@ -25,16 +25,15 @@ def make_batch(seed, accum=2, batch=4, length=12):
   ids = rng.randint(0, 120, (accum, batch, length))
   labels = np.where(np.arange(length) >= length // 2, ids, IGNORE)
   ids[:, :, 1:1 + TOKENS] = CONFIG.image_token_id
-  src, weight = build_layout([VisualItem("single")] * batch, CONFIG.layout())
-  dest = (np.arange(batch)[:, None] * length + 1 + np.arange(TOKENS)).reshape(-1)
-  # Three padding rows of a fixed-size layout: their destination is past the batch, so they are dropped.
+  # Each sample's own layout: one image's features, then three padding rows whose destination is past the sequence.
+  src, weight = build_layout([VisualItem("single")], CONFIG.layout())
   src = np.concatenate([src, np.zeros((3, 4), np.int32)])
   weight = np.concatenate([weight, np.zeros((3, 4), np.float32)])
-  dest = np.concatenate([dest, np.full(3, batch * length)])
-  src, weight, dest = (np.tile(x, (accum,) + (1,) * x.ndim) for x in (src, weight, dest))
+  dest = np.concatenate([1 + np.arange(TOKENS), np.full(3, length)])
+  src, weight, dest = (np.tile(x, (accum, batch) + (1,) * x.ndim) for x in (src, weight, dest))
   return dict(input_ids=jnp.asarray(ids), labels=jnp.asarray(labels), attention_mask=jnp.ones_like(ids),
               positions=jnp.broadcast_to(jnp.arange(length), ids.shape),
-              pixels=jnp.asarray(rng.randn(accum, batch, 28, 28, 3), jnp.float32),
+              pixels=jnp.asarray(rng.randn(accum, batch, 1, 28, 28, 3), jnp.float32),
               visual_src=jnp.asarray(src, jnp.int32), visual_weight=jnp.asarray(weight),
               visual_dest=jnp.asarray(dest, jnp.int32))
 
@@ -108,12 +107,13 @@ def test_sharded_step_equals_single_device_step(params, shape):
   # full-size updates; a large eps keeps the update proportional to the gradient, so the comparison is well posed.
   optimizer = make_optimizer(params, lr=1e-3, num_steps=10, eps=1.0)
   step = make_sft_step(module, optimizer, logits_chunk=5)
-  batch = make_batch(3)
+  batch = make_batch(3, batch=8)   # one sample per data × fsdp shard
   single, _, single_metrics = jax.jit(step)(params, optimizer.init(params), batch)
 
   mesh = parallel.make_mesh(**shape)
   shardings = parallel.param_shardings(jax.eval_shape(lambda r: init_params(CONFIG, r), jax.random.key(0)), mesh)
   sharded_params = parallel.place(params, shardings)
+  batch = jax.device_put(batch, parallel.data_sharding(mesh, batch_axis=1))
   with parallel.activation_rules(mesh):
     state = jax.jit(optimizer.init)(sharded_params)
     new, _, metrics = jax.jit(step, out_shardings=(shardings, None, None))(sharded_params, state, batch)

@@ -70,6 +70,14 @@ PRESETS = {
     "llava_onevision_0.5b": LlavaOnevisionConfig(text=Qwen2Config(
         vocab_size=151_936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
         num_key_value_heads=2, head_dim=64, tie_word_embeddings=True)),
+    # The demo's model for the 32-px shapes world: 16 tokens per tile; launch.train sizes its vocabulary and special
+    # token ids from the tokenizer it trains with.
+    "demo_tiny": LlavaOnevisionConfig(
+        vision=SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                  image_size=32, patch_size=8),
+        text=Qwen2Config(vocab_size=1024, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=64, rope_theta=10_000.0),
+        image_grid_pinpoints=((32, 32), (32, 64), (64, 32)), video_newline="grid"),
 }
 
 
@@ -120,22 +128,34 @@ class LlavaOnevision(nn.Module):
 
   def embed(self, input_ids: jax.Array, pixels: jax.Array | None = None, visual_src: jax.Array | None = None,
             visual_weight: jax.Array | None = None, visual_dest: jax.Array | None = None) -> jax.Array:
-    """Token embeddings (B, T, D) with visual tokens written at `visual_dest` (V,) flat positions in B·T (≥ B·T: none).
+    """Token embeddings (B, T, D) with visual tokens written in, from a layout of `build_layout` in one of two forms.
 
-    visual_src/visual_weight (V, 4): the layout of `build_layout` over the P patches of `pixels`.
+    Per sample (training batches): pixels (B, P, H, W, C), visual_src/visual_weight (B, V, 4) indexing that sample's
+    P·L features (index P·L: `image_newline`), visual_dest (B, V) positions in [0, T). Every gather and scatter stays
+    within a sample, so a batch sharded over devices never moves visual features between them.
+    Whole batch (inference): pixels (P, H, W, C), src/weight (V, 4), visual_dest (V,) flat positions in B·T.
+    Destinations past the end are padding rows of a fixed-size layout: dropped.
     """
     embeds = self.language_model.embed(input_ids)
     if pixels is None:
       return embeds
-    features = self.visual_features(pixels)
-    table = jnp.concatenate([features.reshape(-1, features.shape[-1]),
-                             self.image_newline[None].astype(features.dtype)])
-    # The 4-tap sums (bilinear weights such as 0.107) are formed in fp32 whatever the compute dtype.
-    visual = jnp.einsum("vk,vkd->vd", visual_weight.astype(jnp.float32), table[visual_src].astype(jnp.float32))
+    if visual_dest.ndim == 2:
+      return self._splice(embeds, pixels, visual_src, visual_weight, visual_dest)
     batch, length, width = embeds.shape
-    # Destinations past B·T are padding rows of a fixed-size layout: dropped.
-    embeds = embeds.reshape(batch * length, width).at[visual_dest].set(visual.astype(embeds.dtype), mode="drop")
-    return embeds.reshape(batch, length, width)
+    merged = self._splice(embeds.reshape(1, batch * length, width), pixels[None], visual_src[None],
+                          visual_weight[None], visual_dest[None])
+    return merged.reshape(batch, length, width)
+
+  def _splice(self, embeds, pixels, visual_src, visual_weight, visual_dest):
+    batch, patches = pixels.shape[:2]
+    features = self.visual_features(pixels.reshape(batch * patches, *pixels.shape[2:]))
+    features = features.reshape(batch, -1, features.shape[-1])
+    newline = jnp.broadcast_to(self.image_newline.astype(features.dtype), (batch, 1, features.shape[-1]))
+    table = jnp.concatenate([features, newline], axis=1)
+    taps = jax.vmap(lambda t, s: t[s])(table, visual_src)
+    # The 4-tap sums (bilinear weights such as 0.107) are formed in fp32 whatever the compute dtype.
+    visual = jnp.einsum("bvk,bvkd->bvd", visual_weight.astype(jnp.float32), taps.astype(jnp.float32))
+    return jax.vmap(lambda e, d, v: e.at[d].set(v, mode="drop"))(embeds, visual_dest, visual.astype(embeds.dtype))
 
   def __call__(self, input_ids, attention_mask, positions, pixels=None, visual_src=None, visual_weight=None,
                visual_dest=None, return_hidden: bool = False):

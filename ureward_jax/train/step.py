@@ -1,10 +1,11 @@
 """The reward model's SFT step: next-token cross-entropy on the labelled positions, gradient accumulation, AdamW.
 
 A batch is a dict of arrays with a leading micro-batch axis A (gradient accumulation): `input_ids`, `labels`
-(IGNORE where nothing is learned), `attention_mask`, `positions` of shape (A, B, T) and, for visual samples,
-`pixels` (A, P, H, W, C), `visual_src`/`visual_weight` (A, V, 4), `visual_dest` (A, V) from
-`processing.feature_layout` (pad V with destination B·T: those rows are dropped). Each micro-batch's loss is the mean
-over its labelled tokens and the A micro-batch gradients are averaged, as LLaVA-NeXT's trainer does.
+(IGNORE where nothing is learned), `attention_mask`, `positions` of shape (A, B, T) and, for visual samples, each
+sample's own patches and layout (`LlavaOnevision.embed`, per-sample form): `pixels` (A, B, P, H, W, C),
+`visual_src`/`visual_weight` (A, B, V, 4), `visual_dest` (A, B, V) with padding rows at destination T. Each
+micro-batch's loss is the mean over its labelled tokens and the A micro-batch gradients are averaged, as
+LLaVA-NeXT's trainer does.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from ureward_jax.train.losses import sft_loss, shift_labels, token_logprobs
 VISUAL_KEYS = ("pixels", "visual_src", "visual_weight", "visual_dest")
 
 
-def loss_fn(module: LlavaOnevision, params: Any, batch: dict, logits_chunk: int = 1024):
-  """(mean NLL over labelled tokens, number of labelled tokens) for one micro-batch (leaves without the A axis)."""
+def target_logprobs(module: LlavaOnevision, params: Any, batch: dict, logits_chunk: int = 1024):
+  """(log p of each position's next token (B, T) fp32, those targets (B, T)) for one micro-batch (no A axis)."""
   visual = [batch.get(k) for k in VISUAL_KEYS]
   hidden = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["positions"], *visual,
                         return_hidden=True)
@@ -30,7 +31,21 @@ def loss_fn(module: LlavaOnevision, params: Any, batch: dict, logits_chunk: int 
 
   def logits(h):
     return module.apply({"params": params}, h, method=lambda m, x: m.language_model.logits(x))
-  return sft_loss(token_logprobs(logits, hidden, targets, logits_chunk), targets)
+  return token_logprobs(logits, hidden, targets, logits_chunk), targets
+
+
+def loss_fn(module: LlavaOnevision, params: Any, batch: dict, logits_chunk: int = 1024):
+  """(mean NLL over labelled tokens, number of labelled tokens) for one micro-batch (leaves without the A axis)."""
+  return sft_loss(*target_logprobs(module, params, batch, logits_chunk))
+
+
+def completion_logprobs(module: LlavaOnevision, params: Any, batch: dict, logits_chunk: int = 1024) -> jax.Array:
+  """Summed fp32 log-probability of each sample's labelled tokens (B,), for one micro-batch (leaves without A).
+
+  With `assistant_only` examples this is log p(answer | prompt): what ranks candidate verdicts and what DPO compares.
+  Unlabelled positions contribute 0 (`token_logprobs` of IGNORE).
+  """
+  return jnp.sum(target_logprobs(module, params, batch, logits_chunk)[0], axis=1)
 
 
 def make_sft_step(module: LlavaOnevision, optimizer: optax.GradientTransformation, logits_chunk: int = 1024):
