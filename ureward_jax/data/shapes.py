@@ -42,6 +42,7 @@ DIRECTIONS = ("left", "right", "up", "down")
 BACKGROUND = (235, 235, 235)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"   # no record writes it; a model trained from scratch takes its video placeholder id here
 UNKNOWN_TOKEN = "[UNK]"
 # The roles and system message of the qwen_1_5 chat format wrapped around every record.
 _CHAT_TEXT = "system user assistant You are a helpful assistant."
@@ -355,7 +356,7 @@ def shapes_tokenizer() -> tokenizers.Tokenizer:
   Pre-tokenisation: "\\n" alone; spaces become "▁" joined to the next word (so decoding restores them exactly);
   punctuation and digits one character each. Every word is in the vocabulary with and without its "▁", so any
   arrangement of known words encodes without `[UNK]` (id 0, what unknown words become). The Qwen chat tokens
-  `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` are special tokens and `<image>` an added one, all matched before
+  `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` are special tokens and `<image>`, `<video>` added ones, all matched before
   pre-tokenisation. Save with `tokenizer.save(path)`, load with `tokenizers.Tokenizer.from_file(path)`.
   """
   pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
@@ -374,5 +375,5 @@ def shapes_tokenizer() -> tokenizers.Tokenizer:
   tokenizer.pre_tokenizer = pre_tokenizer
   tokenizer.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
   tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
-  tokenizer.add_tokens([IMAGE_TOKEN])
+  tokenizer.add_tokens([IMAGE_TOKEN, VIDEO_TOKEN])
   return tokenizer

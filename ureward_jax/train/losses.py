@@ -12,7 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-IGNORE = -100  # label of positions that do not count (prompt, images, padding), as in PyTorch
+from ureward_jax.processing.chat import IGNORE
 
 
 def token_logprobs(logits_fn: Callable[[jax.Array], jax.Array], hidden: jax.Array, targets: jax.Array,
