@@ -1,0 +1,41 @@
+"""Verdict and score parsing: every official form is read, anything else is None (never a default winner)."""
+
+import pytest
+
+from ureward_jax.reward import prompts
+from ureward_jax.reward.parsing import parse_pairwise, parse_pointwise
+
+
+@pytest.mark.parametrize("task", prompts.TASKS)
+def test_every_official_verdict_string_parses_to_its_winner(task):
+  for variant in prompts.variants(task, "pair"):
+    for winner, verdict in prompts.template(task, "pair", variant).verdicts.items():
+      assert parse_pairwise(verdict) == winner, (variant, verdict)
+      assert parse_pairwise(f"The details differ in several ways.\n{verdict}") == winner
+
+
+@pytest.mark.parametrize("text, winner", [
+    ("**Image 2** is better than Image 1.", 2),
+    ("Video 1 is better", 1),
+    ("Both images are equally good.", 0),
+    ("Answer 1 is better at first sight... Overall Judgment: Answer 2 is better.", 2),
+    ("overall judgement: **Answer 1 is better than Answer 2.**", 1),
+    ("Image 1 is better in colour, but Image 2 is better in layout.", None),
+    ("I cannot decide.", None),
+    ("", None),
+])
+def test_pairwise_forms_and_refusals(text, winner):
+  assert parse_pairwise(text) == winner
+
+
+@pytest.mark.parametrize("text, score", [
+    ("circle (object): 1\nFinal Score: 4", 4.0),
+    ("Final Score: 3.7", 3.7),
+    ("**Final Score:** 85/100", 85.0),
+    ("Final Score: 2 at first. Revised.\nFinal Score: 5", 5.0),
+    ("final score: 7.", 7.0),
+    ("The image scores 4 out of 5.", None),
+    ("Final Score: none", None),
+])
+def test_pointwise_takes_the_last_final_score(text, score):
+  assert parse_pointwise(text) == score
