@@ -10,8 +10,12 @@ def get_config():
   c.workdir = ""
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(preset="llava_onevision_7b", checkpoint="", dtype="bfloat16"))
-  # Fixed step shapes: tokens per sample, and the visual budget per sample (an anyres image: base + up to 9 tiles).
-  c.data = ml_collections.ConfigDict(dict(batch_size=128, max_length=13_000, patches_per_sample=10))
+  # `train`: the mixture file (LLaVA-NeXT's train_data.yaml form) or one JSON / JSONL file; `tokenizer` defaults to
+  # the checkpoint's. Step shapes: tokens per sample (cut to a bucket when a batch is shorter) and the visual budget
+  # per sample (an anyres image: base + up to 9 tiles; a video: 8 frames).
+  c.data = ml_collections.ConfigDict(dict(train="", image_folder="", tokenizer="", batch_size=128, max_length=13_000,
+                                          patches_per_sample=10, buckets=(4096, 8192), workers=8, video_frames=8,
+                                          assistant_only=False))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   # 236K samples × 3 epochs / 128 per step. 4 micro-batches of 32: one sequence per chip on a 32-chip v5p-64
   # (the original ran 4 GPUs × 2 sequences × 16 accumulation steps).

@@ -1,0 +1,182 @@
+"""Train the reward model from an ml_collections config.
+
+  python -m launch.train --config=configs/demo.py --config.workdir=/tmp/run [--config.train.num_steps=200 ...]
+
+The workdir receives `config.json` (the resolved config), `checkpoints/`, `metrics.jsonl`, `tensorboard/` and the
+tokenizer used. Re-running the same command resumes from the latest checkpoint; SIGTERM finishes the current step,
+saves and exits. On a TPU slice or a GPU cluster the same command runs on every host (`launch/tpu_pod.sh`,
+`launch/gpu_slurm.sh`); `jax.distributed.initialize()` is called when the environment names several processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tokenizers
+from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import config_flags
+
+from ureward_jax import parallel, pretrained
+from ureward_jax.data.examples import ExampleConfig
+from ureward_jax.data.pipeline import DataConfig, batches, to_device
+from ureward_jax.data.sources import load_mixture
+from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, init_params
+from ureward_jax.train.checkpoint import Checkpointer
+from ureward_jax.train.flops import model_flops_per_step, peak_flops
+from ureward_jax.train.loop import Loop, LoopState
+from ureward_jax.train.metrics import MetricsWriter
+from ureward_jax.train.optim import learning_rate_schedule, make_optimizer
+from ureward_jax.train.step import make_sft_step
+
+
+def _maybe_initialize_distributed():
+  """Join the other hosts when the environment describes more than one process."""
+  if jax.distributed.is_initialized():
+    return
+  several = int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "") \
+      or "JAX_COORDINATOR_ADDRESS" in os.environ or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ
+  if several:
+    jax.distributed.initialize()
+
+
+def _tokenizer_file(config) -> str:
+  path = config.data.get("tokenizer") or (os.path.join(config.model.checkpoint, "tokenizer.json")
+                                          if config.model.checkpoint else "")
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(f"no tokenizer at {path!r}: set data.tokenizer or model.checkpoint (a folder with "
+                            "tokenizer.json)")
+  return path
+
+
+def model_config(config, tokenizer: tokenizers.Tokenizer) -> LlavaOnevisionConfig:
+  """The checkpoint's architecture, or a preset whose vocabulary and special-token ids come from the tokenizer."""
+  if config.model.checkpoint:
+    return LlavaOnevisionConfig.from_dict(pretrained.read_config(config.model.checkpoint))
+  if config.model.preset not in PRESETS:
+    raise ValueError(f"unknown model preset {config.model.preset!r}; choose one of {sorted(PRESETS)}")
+  model = PRESETS[config.model.preset]
+  image = tokenizer.token_to_id("<image>")
+  video = tokenizer.token_to_id("<video>")
+  if image is None or video is None:
+    raise ValueError("a model trained from scratch takes its <image> and <video> ids from the tokenizer, which "
+                     "lacks one of them")
+  text = dataclasses.replace(model.text, vocab_size=tokenizer.get_vocab_size())
+  return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
+
+
+def _abstract_batch(example_cfg: ExampleConfig, grad_accum: int, micro: int, length: int, sharding) -> dict:
+  side = example_cfg.processor.size
+  shaped = lambda shape, dtype: jax.ShapeDtypeStruct((grad_accum, micro) + shape, dtype, sharding=sharding)
+  return dict(input_ids=shaped((length,), jnp.int32), labels=shaped((length,), jnp.int32),
+              attention_mask=shaped((length,), jnp.int32), positions=shaped((length,), jnp.int32),
+              pixels=shaped((example_cfg.max_patches, side, side, 3), jnp.float32),
+              visual_src=shaped((length, 4), jnp.int32), visual_weight=shaped((length, 4), jnp.float32),
+              visual_dest=shaped((length,), jnp.int32))
+
+
+def train(config: ml_collections.ConfigDict) -> LoopState:
+  """Run (or resume) the training described by `config`; returns the final state."""
+  if not config.workdir:
+    raise ValueError("set --config.workdir: where checkpoints, metrics and the resolved config go")
+  _maybe_initialize_distributed()
+  os.makedirs(config.workdir, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", os.path.join(config.workdir, "xla_cache"))
+  tokenizer_file = _tokenizer_file(config)
+  tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
+  model = model_config(config, tokenizer)
+  if jax.process_index() == 0:
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+    shutil.copy(tokenizer_file, os.path.join(config.workdir, "tokenizer.json"))
+    with open(os.path.join(config.workdir, "model_config.json"), "w") as f:
+      json.dump(model.to_dict(), f, indent=2)
+
+  mesh = parallel.make_mesh(**config.mesh)
+  dtype = jnp.dtype(config.model.dtype)
+  module = LlavaOnevision(model, dtype=dtype, remat=config.remat)
+  shardings = parallel.param_shardings(jax.eval_shape(lambda r: init_params(model, r), jax.random.key(0)), mesh)
+  if config.model.checkpoint:
+    params = parallel.place(pretrained.load_params(config.model.checkpoint, np.float32), shardings)
+  else:
+    params, _ = parallel.init_sharded(lambda r: init_params(model, r), jax.random.key(config.seed), mesh)
+  logging.info("parameters: %d; replicated bytes: %.1f%%", sum(p.size for p in jax.tree.leaves(params)),
+               100 * parallel.replicated_fraction(params))
+  num_steps = config.train.num_steps
+  if config.optim.name != "adamw":
+    raise ValueError(f"optim.name {config.optim.name!r} is not supported for reward training; use adamw")
+  optimizer = make_optimizer(params, config.optim.lr, num_steps, config.optim.schedule, config.optim.warmup_ratio,
+                             config.optim.weight_decay, config.optim.clip_norm, parts=tuple(config.train.tunable_parts))
+  with parallel.activation_rules(mesh):
+    init = jax.jit(optimizer.init)
+    opt_shardings = jax.tree.map(
+        lambda sh: sh if isinstance(sh, NamedSharding) else NamedSharding(mesh, PartitionSpec()),
+        init.lower(params).compile().output_shardings)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+
+  checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), config.checkpoint.every,
+                              config.checkpoint.keep)
+  state = LoopState(0, params, opt_state)
+  next_batch = 0
+  if (latest := checkpointer.latest_step()) is not None:
+    state.params, state.opt_state, data_state = checkpointer.restore(latest, params, opt_state)
+    state.step, next_batch = latest, int(data_state["next_batch"])
+    logging.info("resumed from step %d", latest)
+
+  records = load_mixture(config.data.train, config.data.get("image_folder") or None, seed=config.seed)
+  example_cfg = ExampleConfig.for_model(model, config.data.max_length, config.data.patches_per_sample,
+                                        video_frames=config.data.video_frames,
+                                        assistant_only=config.data.assistant_only)
+  accum = config.train.grad_accum
+  data_cfg = DataConfig(config.data.batch_size, accum, config.seed, buckets=tuple(config.data.buckets),
+                        workers=config.data.workers)
+  stream = batches(records, example_cfg, tokenizer_file, data_cfg, start=next_batch)
+
+  rows = parallel.data_sharding(mesh, batch_axis=1)
+  micro = config.data.batch_size // accum
+  if micro % parallel.batch_shards(mesh):
+    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum) cannot be split over "
+                     f"{parallel.batch_shards(mesh)} data × fsdp devices")
+  jitted = jax.jit(make_sft_step(module, optimizer, config.train.logits_chunk),
+                   out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+  lengths = sorted({b for b in config.data.buckets if b < config.data.max_length} | {config.data.max_length})
+  with parallel.activation_rules(mesh):
+    # Compiled before the loop, once per bucket length: no compile stalls mid-run.
+    compiled = {length: jitted.lower(state.params, state.opt_state,
+                                     _abstract_batch(example_cfg, accum, micro, length, rows)).compile()
+                for length in lengths}
+
+  loop = Loop(
+      step_for=lambda batch: compiled[batch["input_ids"].shape[1]],
+      place=functools.partial(to_device, grad_accum=accum, sharding=rows),
+      # Host batches are this host's share; utilisation is over the global batch and all devices.
+      flops=lambda batch: jax.process_count() * model_flops_per_step(
+          model, batch["input_ids"].size, batch["pixels"].shape[0] * batch["pixels"].shape[1],
+          batch["input_ids"].shape[1]),
+      record_ids=lambda indices: [str(records[i].data.get("id", f"#{i}")) for i in indices],
+      num_steps=num_steps, log_every=config.train.log_every, checkpointer=checkpointer,
+      metrics=MetricsWriter(config.workdir, resume_step=state.step),
+      learning_rate=learning_rate_schedule(config.optim.lr, num_steps, config.optim.schedule,
+                                           config.optim.warmup_ratio),
+      peak_flops=peak_flops(jax.devices()[0].device_kind))
+  return loop.run(state, stream)
+
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/demo.py")
+
+
+def main(_):
+  train(_CONFIG.value)
+
+
+if __name__ == "__main__":
+  flags.mark_flag_as_required("config")
+  app.run(main)

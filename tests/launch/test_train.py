@@ -1,0 +1,135 @@
+"""launch.train end to end on the shapes world: metrics, checkpoints, preemption and exact resumption, a new mesh."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from configs import demo as demo_config
+from launch.train import train
+from ureward_jax.data import shapes
+from ureward_jax.train.loop import Loop, LoopState, NonFiniteLoss
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+  root = tmp_path_factory.mktemp("shapes")
+  shapes.generate(root, num_per_task=24, split="train", seed=0)
+  shapes.shapes_tokenizer().save(str(root / "tokenizer.json"))
+  # Short records only, so one 320-token step shape serves: generated image pairs.
+  (root / "short.yaml").write_text("datasets:\n  - json_path: train/image_generation_pair.json\n"
+                                   "    sampling_strategy: all\n    image_folder: .\n")
+  return root
+
+
+def config_for(data, workdir, mesh=None):
+  c = demo_config.get_config()
+  c.workdir = str(workdir)
+  c.data.update(train=str(data / "short.yaml"), tokenizer=str(data / "tokenizer.json"), batch_size=8,
+                max_length=320, buckets=())
+  c.train.update(num_steps=STEPS, log_every=1)
+  c.checkpoint.update(every=2, keep=2)
+  c.mesh.update(mesh or dict(data=1, fsdp=-1, tensor=1))
+  return c
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return [r["step"] for r in rows], np.array([r["loss"] for r in rows])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  state = train(config_for(data, workdir))
+  return workdir, state
+
+
+def test_run_writes_metrics_checkpoints_and_config(uninterrupted):
+  workdir, state = uninterrupted
+  steps, values = losses(workdir)
+  assert state.step == STEPS and steps == list(range(1, STEPS + 1))
+  assert values[-1] < values[0]
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    row = json.loads(f.readline())
+  assert {"loss", "grad_norm", "learning_rate", "tokens_per_second", "skipped_records", "truncated_samples"} <= set(row)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]   # every 2, keep 2
+  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == STEPS
+
+
+def interrupt(config):
+  """Run `config` as `python -m launch.train` and SIGTERM it once it has logged a step; returns the saved step."""
+  overrides = [("workdir", config.workdir), ("data.train", config.data.train), ("data.tokenizer", config.data.tokenizer),
+               ("data.batch_size", config.data.batch_size), ("data.max_length", config.data.max_length),
+               ("data.buckets", "()"), ("train.num_steps", config.train.num_steps), ("train.log_every", 1),
+               ("checkpoint.every", 100), ("checkpoint.keep", 2)] + \
+      [(f"mesh.{axis}", size) for axis, size in config.mesh.items()]
+  command = [sys.executable, "-m", "launch.train", f"--config={demo_config.__file__}"] + [
+      f"--config.{key}={value}" for key, value in overrides]
+  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  metrics = os.path.join(config.workdir, "metrics.jsonl")
+  deadline = time.time() + 600
+  while not (os.path.exists(metrics) and open(metrics).read().count("\n") >= 2) and process.poll() is None:
+    assert time.time() < deadline, "the run never logged a step"
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+  saved = [int(s) for s in os.listdir(os.path.join(config.workdir, "checkpoints")) if s.isdigit()]
+  # Saved where SIGTERM found it (the regular interval, 100, was never reached), before the end.
+  assert len(saved) == 1 and 2 <= saved[0] < STEPS
+  return saved[0]
+
+
+def test_sigterm_saves_and_a_rerun_continues_exactly(data, uninterrupted, tmp_path):
+  config = config_for(data, tmp_path)
+  interrupt(config)
+  state = train(config)   # the same command again: resumes
+  assert state.step == STEPS
+  steps, values = losses(tmp_path)
+  reference_steps, reference = losses(uninterrupted[0])
+  assert steps == reference_steps
+  np.testing.assert_array_equal(values, reference)
+
+
+def test_resume_on_a_different_mesh(data, uninterrupted, tmp_path):
+  saved = interrupt(config_for(data, tmp_path, dict(data=1, fsdp=8, tensor=1)))
+  resumed = train(config_for(data, tmp_path, dict(data=2, fsdp=2, tensor=2)))
+  assert resumed.step == STEPS
+  steps, values = losses(tmp_path)
+  _, reference = losses(uninterrupted[0])
+  assert steps == list(range(1, STEPS + 1))
+  np.testing.assert_array_equal(values[:saved], reference[:saved])
+  # Another mesh sums in another order: equal to float rounding, not bit for bit.
+  np.testing.assert_allclose(values[saved:], reference[saved:], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_with_the_step_and_record_ids(tmp_path):
+  class Saver:
+    def save(self, *args, **kwargs):
+      return False
+
+    def latest_step(self):
+      return None
+
+    def close(self):
+      pass
+
+  def nan_step(params, opt_state, batch):
+    return params, opt_state, {"loss": np.float32(np.nan), "grad_norm": np.float32(0.0)}
+
+  loop = Loop(step_for=lambda batch: nan_step, place=lambda batch: batch, flops=lambda batch: 0.0,
+              record_ids=lambda indices: [f"id{i}" for i in indices], num_steps=5, log_every=1,
+              checkpointer=Saver(), metrics=None, learning_rate=lambda step: 0.0)
+  batch = dict(index=np.array([7, 3]), bad=np.zeros(2, np.int32), truncated=np.zeros(2, np.int32),
+               attention_mask=np.ones((2, 4), np.int32))
+  with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 1; the batch held records \['id7', 'id3'\]"):
+    loop.run(LoopState(0, {}, {}), [batch])
