@@ -19,7 +19,6 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
-from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ureward_jax import parallel  # noqa: E402
@@ -79,13 +78,10 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
                              parts=tuple(config.train.tunable_parts))
   batch = abstract_batch(config, model, mesh)
   start = time.perf_counter()
+  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(optimizer.init, params), opt_shardings)
   with parallel.activation_rules(mesh):
-    # The optimiser state takes the shardings XLA propagates from the params; its scalars (step counts) live whole.
-    opt_shardings = jax.tree.map(
-        lambda sh: sh if isinstance(sh, NamedSharding) else NamedSharding(mesh, PartitionSpec()),
-        jax.jit(optimizer.init).lower(params).compile().output_shardings)
-    state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                         jax.eval_shape(optimizer.init, params), opt_shardings)
     step = jax.jit(make_sft_step(module, optimizer, config.train.logits_chunk),
                    out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
     compiled = step.lower(params, state, batch).compile()

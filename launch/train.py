@@ -22,7 +22,6 @@ import ml_collections
 import numpy as np
 import tokenizers
 from absl import app, flags, logging
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
 from ureward_jax import parallel, pretrained
@@ -115,12 +114,8 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
     raise ValueError(f"optim.name {config.optim.name!r} is not supported for reward training; use adamw")
   optimizer = make_optimizer(params, config.optim.lr, num_steps, config.optim.schedule, config.optim.warmup_ratio,
                              config.optim.weight_decay, config.optim.clip_norm, parts=tuple(config.train.tunable_parts))
-  with parallel.activation_rules(mesh):
-    init = jax.jit(optimizer.init)
-    opt_shardings = jax.tree.map(
-        lambda sh: sh if isinstance(sh, NamedSharding) else NamedSharding(mesh, PartitionSpec()),
-        init.lower(params).compile().output_shardings)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
 
   checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), config.checkpoint.every,
                               config.checkpoint.keep)
@@ -170,13 +165,12 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   return loop.run(state, stream)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/demo.py")
-
-
-def main(_):
-  train(_CONFIG.value)
-
-
 if __name__ == "__main__":
+  # Defined here, not at import, so that other entry points (launch.aot, tests) can import this module.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/demo.py")
+
+  def main(_):
+    train(_CONFIG.value)
+
   flags.mark_flag_as_required("config")
   app.run(main)

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -98,6 +99,26 @@ def init_sharded(init_fn, rng: jax.Array, mesh: Mesh):
   shardings = param_shardings(jax.eval_shape(init_fn, rng), mesh)
   params = jax.jit(lambda r: nn.unbox(init_fn(r)), out_shardings=shardings)(rng)
   return params, shardings
+
+
+def optimizer_shardings(optimizer: optax.GradientTransformation, params: Any, shardings: Any, mesh: Mesh) -> Any:
+  """Shardings of `optimizer.init(params)`: every part laid out like a parameter (Adam's moments) sharded as that
+  parameter, the rest (step counts, masked-out placeholders) whole.
+
+  Left to XLA, the zeros of `init` depend on nothing sharded and come out whole on every device: 64 GB of a 7B's
+  moments per chip. A state leaf is matched to the parameter whose key path ends its own, with the same shape.
+  """
+  by_path = {tuple(path): (leaf.shape, sharding) for (path, leaf), sharding in
+             zip(jax.tree_util.tree_flatten_with_path(params)[0], jax.tree.leaves(shardings))}
+  whole = NamedSharding(mesh, PartitionSpec())
+
+  def pick(path, leaf):
+    for start in range(len(path)):
+      shape, sharding = by_path.get(tuple(path[start:]), (None, None))
+      if shape == leaf.shape:
+        return sharding
+    return whole
+  return jax.tree_util.tree_map_with_path(pick, jax.eval_shape(optimizer.init, params))
 
 
 def place(params: Any, shardings: Any) -> Any:

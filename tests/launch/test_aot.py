@@ -8,11 +8,13 @@ import pytest
 
 pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `make test`")
 
+import configs.demo as demo_config  # noqa: E402
 import configs.reward_llava_ov_7b as reward_config  # noqa: E402
 from launch.aot import compile_train_step, topology_devices  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
-from ureward_jax.models.llava_onevision import PRESETS  # noqa: E402
+from ureward_jax.models.llava_onevision import PRESETS, param_shapes  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
+from ureward_jax.train.optim import param_count  # noqa: E402
 
 
 def small_run():
@@ -27,6 +29,12 @@ def test_tiny_model_step_compiles_for_a_v5e_slice_and_fits():
   assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   assert 0 < report["per_device_bytes"] < report["hbm_bytes"] == 16 * 2**30 and report["fits"]
   assert report["replicated_param_fraction"] < 0.02
+
+
+def test_demo_config_compiles_for_a_v5e_slice_and_fits():
+  report = compile_train_step(demo_config.get_config(), topology_devices("v5e-4"))
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["fits"]
+  assert report["parameters"] == param_count(param_shapes(PRESETS["demo_tiny"]))
 
 
 def test_command_line_reports_json(tmp_path):

@@ -75,14 +75,18 @@ def interrupt(config):
       [(f"mesh.{axis}", size) for axis, size in config.mesh.items()]
   command = [sys.executable, "-m", "launch.train", f"--config={demo_config.__file__}"] + [
       f"--config.{key}={value}" for key, value in overrides]
-  process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  # Output to a file, not a pipe: a pipe nobody reads fills up with progress bars and blocks the run.
+  log = open(os.path.join(config.workdir, "train.log"), "w")
+  process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
   metrics = os.path.join(config.workdir, "metrics.jsonl")
   deadline = time.time() + 600
   while not (os.path.exists(metrics) and open(metrics).read().count("\n") >= 2) and process.poll() is None:
     assert time.time() < deadline, "the run never logged a step"
     time.sleep(0.2)
   process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=300) == 0, process.stderr.read()[-3000:]
+  code = process.wait(timeout=300)
+  log.close()
+  assert code == 0, open(log.name).read()[-3000:]
   saved = [int(s) for s in os.listdir(os.path.join(config.workdir, "checkpoints")) if s.isdigit()]
   # Saved where SIGTERM found it (the regular interval, 100, was never reached), before the end.
   assert len(saved) == 1 and 2 <= saved[0] < STEPS
