@@ -14,7 +14,7 @@ from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
 from ureward_jax.processing.feature_layout import VisualItem, build_layout
 from ureward_jax.train.losses import IGNORE
 from ureward_jax.train.optim import learning_rate_schedule, make_optimizer
-from ureward_jax.train.step import loss_fn, make_sft_step
+from ureward_jax.train.step import completion_logprobs, loss_fn, make_sft_step
 
 TOKENS = 5  # visual tokens per sample: the 2×2 patch features of a 28-px image and a newline
 
@@ -122,3 +122,16 @@ def test_sharded_step_equals_single_device_step(params, shape):
   np.testing.assert_allclose(metrics["loss"], single_metrics["loss"], rtol=1e-6)
   for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(single)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_completion_logprobs_sum_the_labelled_tokens(params):
+  module = LlavaOnevision(CONFIG)
+  batch = jax.tree.map(lambda x: x[0], make_batch(4))
+  got = completion_logprobs(module, params, batch, logits_chunk=5)
+  logits = module.apply({"params": params}, batch["input_ids"], batch["attention_mask"], batch["positions"],
+                        batch["pixels"], batch["visual_src"], batch["visual_weight"], batch["visual_dest"])
+  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+  targets = batch["labels"][:, 1:]
+  picked = jnp.take_along_axis(logp, jnp.maximum(targets, 0)[..., None], axis=-1)[..., 0]
+  want = jnp.sum(jnp.where(targets != IGNORE, picked, 0.0), axis=1)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
