@@ -22,6 +22,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ureward_jax import parallel  # noqa: E402
+from ureward_jax.data.pipeline import batch_shapes  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
@@ -44,21 +45,6 @@ def topology_devices(name: str) -> list:
   return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
 
 
-def abstract_batch(config, model: LlavaOnevisionConfig, mesh) -> dict:
-  """The step's batch as shaped, sharded placeholders: (A, B, T) tokens and a fixed visual budget per sample."""
-  accum, length = config.train.grad_accum, config.data.max_length
-  micro, patches = config.data.batch_size // accum, config.data.patches_per_sample
-  visual = min(patches * model.vision.tokens_per_side**2, length)
-  side = model.vision.image_size
-  rows = parallel.data_sharding(mesh, batch_axis=1)
-  shaped = lambda shape, dtype: jax.ShapeDtypeStruct((accum, micro) + shape, dtype, sharding=rows)
-  return dict(input_ids=shaped((length,), jnp.int32), labels=shaped((length,), jnp.int32),
-              attention_mask=shaped((length,), jnp.int32), positions=shaped((length,), jnp.int32),
-              pixels=shaped((patches, side, side, model.vision.num_channels), jnp.float32),
-              visual_src=shaped((visual, 4), jnp.int32), visual_weight=shaped((visual, 4), jnp.float32),
-              visual_dest=shaped((visual,), jnp.int32))
-
-
 def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = None) -> dict:
   """Lower and compile the SFT step of `config` for `devices`; returns the report."""
   model = model or PRESETS[config.model.preset]
@@ -76,7 +62,8 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   optimizer = make_optimizer(params, config.optim.lr, config.train.num_steps, config.optim.schedule,
                              config.optim.warmup_ratio, config.optim.weight_decay, config.optim.clip_norm,
                              parts=tuple(config.train.tunable_parts))
-  batch = abstract_batch(config, model, mesh)
+  batch = batch_shapes(config.train.grad_accum, micro, config.data.max_length, config.data.patches_per_sample,
+                       model.vision.image_size, parallel.data_sharding(mesh, batch_axis=1))
   start = time.perf_counter()
   opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -29,6 +29,7 @@ from configs import demo as demo_config  # noqa: E402
 from launch.train import model_config, train  # noqa: E402
 from ureward_jax.data import shapes  # noqa: E402
 from ureward_jax.data.examples import ExampleConfig, make_example, visual_inputs  # noqa: E402
+from ureward_jax.data.pipeline import MODEL_KEYS  # noqa: E402
 from ureward_jax.data.sources import load_mixture  # noqa: E402
 from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionForConditionalGeneration  # noqa: E402
 from ureward_jax.processing.chat import prompt_ids  # noqa: E402
@@ -68,9 +69,7 @@ def pairwise_accuracy(module, params, records, cfg: ExampleConfig, tokenizer, ba
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
     chunk += [chunk[-1]] * (batch_size - len(chunk))   # a fixed batch shape: one compile
-    batch = {k: jnp.asarray(np.stack([r[k] for r in chunk])) for k in ("input_ids", "labels", "attention_mask",
-                                                                          "positions", "pixels", "visual_src",
-                                                                          "visual_weight", "visual_dest")}
+    batch = {k: jnp.asarray(np.stack([r[k] for r in chunk])) for k in MODEL_KEYS}
     logps += np.asarray(score(params, batch)).tolist()
   best = {}
   for (n, winner), logp in zip(owners, logps):

@@ -26,7 +26,7 @@ from ml_collections import config_flags
 
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.examples import ExampleConfig
-from ureward_jax.data.pipeline import DataConfig, batches, to_device
+from ureward_jax.data.pipeline import DataConfig, batch_shapes, batches, to_device
 from ureward_jax.data.sources import load_mixture
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, init_params
 from ureward_jax.train.checkpoint import Checkpointer
@@ -70,16 +70,6 @@ def model_config(config, tokenizer: tokenizers.Tokenizer) -> LlavaOnevisionConfi
                      "lacks one of them")
   text = dataclasses.replace(model.text, vocab_size=tokenizer.get_vocab_size())
   return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
-
-
-def _abstract_batch(example_cfg: ExampleConfig, grad_accum: int, micro: int, length: int, sharding) -> dict:
-  side = example_cfg.processor.size
-  shaped = lambda shape, dtype: jax.ShapeDtypeStruct((grad_accum, micro) + shape, dtype, sharding=sharding)
-  return dict(input_ids=shaped((length,), jnp.int32), labels=shaped((length,), jnp.int32),
-              attention_mask=shaped((length,), jnp.int32), positions=shaped((length,), jnp.int32),
-              pixels=shaped((example_cfg.max_patches, side, side, 3), jnp.float32),
-              visual_src=shaped((length, 4), jnp.int32), visual_weight=shaped((length, 4), jnp.float32),
-              visual_dest=shaped((length,), jnp.int32))
 
 
 def train(config: ml_collections.ConfigDict) -> LoopState:
@@ -146,7 +136,8 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   with parallel.activation_rules(mesh):
     # Compiled before the loop, once per bucket length: no compile stalls mid-run.
     compiled = {length: jitted.lower(state.params, state.opt_state,
-                                     _abstract_batch(example_cfg, accum, micro, length, rows)).compile()
+                                     batch_shapes(accum, micro, length, example_cfg.max_patches,
+                                                  example_cfg.processor.size, rows)).compile()
                 for length in lengths}
 
   loop = Loop(

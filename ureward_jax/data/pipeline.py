@@ -95,6 +95,16 @@ def _cut_to_bucket(batch: dict, buckets: tuple[int, ...]) -> dict:
   return batch
 
 
+def batch_shapes(grad_accum: int, micro: int, length: int, patches: int, side: int, sharding) -> dict:
+  """The model inputs of one step as `jax.ShapeDtypeStruct`s (A, B / A, ...): what `to_device` delivers for a batch
+  cut to `length`, for compiling the step ahead of the data. V = length, as `examples` lays visual rows out."""
+  shaped = lambda shape, dtype: jax.ShapeDtypeStruct((grad_accum, micro) + shape, dtype, sharding=sharding)
+  tokens = shaped((length,), np.int32)
+  return dict(input_ids=tokens, labels=tokens, attention_mask=tokens, positions=tokens,
+              pixels=shaped((patches, side, side, 3), np.float32), visual_src=shaped((length, 4), np.int32),
+              visual_weight=shaped((length, 4), np.float32), visual_dest=shaped((length,), np.int32))
+
+
 def to_device(batch: dict, grad_accum: int, sharding: jax.sharding.Sharding) -> dict:
   """The model inputs of a host batch as global arrays (A, B / A, ...), the micro-batch rows sharded by `sharding`
   (`parallel.data_sharding(mesh, batch_axis=1)`)."""
