@@ -26,7 +26,7 @@ from ureward_jax.data.sources import Record
 from ureward_jax.processing.chat import IGNORE, tokenize_conversation
 from ureward_jax.processing.feature_layout import IMAGE_MARKER, LayoutConfig, VisualItem, item_layout
 from ureward_jax.processing.image import ImageProcessor
-from ureward_jax.processing.video import read_frames
+from ureward_jax.processing.video import frame_indices, read_frames
 
 
 class BadRecord(ValueError):
@@ -55,7 +55,10 @@ class ExampleConfig:
                **kwargs)
 
 
-def _open_image(path: str) -> Image.Image:
+def _open_image(path) -> Image.Image:
+  """An RGB image from a file, or from decoded (H, W, C) uint8 pixels as a TFDS source yields them."""
+  if isinstance(path, np.ndarray):
+    return Image.fromarray(path[..., 0] if path.shape[-1] == 1 else path).convert("RGB")
   try:
     with Image.open(path) as image:
       return image.convert("RGB")
@@ -67,19 +70,23 @@ def _open_image(path: str) -> Image.Image:
 
 def visual_inputs(record: Record, cfg: ExampleConfig) -> list[tuple[VisualItem, np.ndarray]]:
   """The record's visual items, in marker order, with their patches (n, H, W, 3) float32; raises BadRecord."""
-  data, join = record.data, lambda p: p if p.startswith("/") else f"{record.image_folder}/{p}"
+  data = record.data
+  join = lambda p: p if not isinstance(p, str) or p.startswith("/") else f"{record.image_folder}/{p}"
   proc = cfg.processor
   nhwc = lambda x: x.transpose(0, 2, 3, 1)
   if "video" in data:
     try:
-      frames = read_frames(join(data["video"]), cfg.video_frames)
+      if isinstance(data["video"], np.ndarray):   # decoded frames (T, H, W, 3), sampled as a video file's are
+        frames = data["video"][frame_indices(len(data["video"]), cfg.video_frames)]
+      else:
+        frames = read_frames(join(data["video"]), cfg.video_frames)
     except FileNotFoundError as e:
       raise BadRecord(f"missing file {e.filename or data['video']}") from None
     except (ValueError, OSError) as e:
       raise BadRecord(f"unreadable video: {e}") from None
     return [(VisualItem("video", len(frames)), nhwc(proc.preprocess_video(frames)))]
   paths = data.get("images", [data["image"]] if "image" in data else [])
-  if isinstance(paths, str):
+  if isinstance(paths, (str, np.ndarray)):
     paths = [paths]
   images = [_open_image(join(p)) for p in paths]
   if len(images) > 2:
