@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: demo test install clean
+.PHONY: demo test install install-core clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,17 @@ $(VENV)/.installed: $(PY) pyproject.toml
 	$(PIP) install --quiet -e ".[test,tpu]"
 	touch $@
 
-install: $(VENV)/.installed
+# The demo needs the package alone: no PyTorch, no test or TPU extras.
+$(VENV)/.installed-core: $(PY) pyproject.toml
+	$(PIP) install --quiet -e .
+	touch $@
 
-demo: install
-	$(PY) -m launch.demo
+install: $(VENV)/.installed
+install-core: $(VENV)/.installed-core
+
+# Trains the tiny reward model on the shapes world and prints how well it judges held-out records (launch/shapes_demo.py).
+demo: install-core
+	$(PY) -m launch.shapes_demo --workdir=shapes_run
 
 # pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
 test: install

@@ -1,7 +1,7 @@
 """The demo run: the tiny reward model trained from scratch on the shapes world, all four tasks in both modes.
 
 `make demo` generates the data, trains with this config on this machine's CPU and reports held-out accuracy
-(launch/demo.py); `data.train` and `data.tokenizer` are filled in there.
+(launch/shapes_demo.py); `data.train` and `data.tokenizer` are filled in there.
 """
 
 import ml_collections
@@ -12,11 +12,11 @@ def get_config():
   c.workdir = ""
   c.seed = 0
   c.model = ml_collections.ConfigDict(dict(preset="demo_tiny", checkpoint="", dtype="float32"))
-  c.data = ml_collections.ConfigDict(dict(train="", image_folder="", tokenizer="", batch_size=16, max_length=576,
+  c.data = ml_collections.ConfigDict(dict(train="", image_folder="", tokenizer="", batch_size=16, max_length=512,
                                           patches_per_sample=8, buckets=(320, 448), workers=0, video_frames=4,
                                           assistant_only=False))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  c.train = ml_collections.ConfigDict(dict(num_steps=600, log_every=25, grad_accum=1, logits_chunk=192,
+  c.train = ml_collections.ConfigDict(dict(num_steps=400, log_every=25, grad_accum=1, logits_chunk=192,
                                            tunable_parts=("mm_language_model", "mm_mlp_adapter", "mm_vision_tower")))
   c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=2e-3, schedule="cosine", warmup_ratio=0.05,
                                            weight_decay=0.0, clip_norm=1.0))

@@ -1,7 +1,7 @@
 """The shapes world: a procedurally drawn stand-in for UnifiedReward's preference data, for the demo and tests.
 
 Images (image_size², RGB PNG) show one or two shapes (circle, square, triangle), each in its own plain colour, on a
-light grey background; videos are folders of `num_frames` PNG frames of one shape crossing the frame left, right, up
+mid-grey background; videos are folders of `num_frames` PNG frames of one shape crossing the frame left, right, up
 or down. Records are LLaVA training records in the official format, prompts from `reward.prompts` (default wording),
 targets the official verdict or `Final Score:` line, plus ground truth the training reader ignores: "task", "mode",
 and "winner" (1 | 2) or "score". The user turn opens with one "<image>\n" per visual input as LLaVA-NeXT's trainer
@@ -39,7 +39,9 @@ COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "
           "purple": (140, 60, 180), "orange": (245, 130, 20)}
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
-BACKGROUND = (235, 235, 235)
+# Mid-grey is the zero of SigLIP's pixel normalisation: background patches embed to (almost) nothing, so what a
+# model trained from scratch sees first in a patch is the shape in it.
+BACKGROUND = (128, 128, 128)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 IMAGE_TOKEN = "<image>"
 VIDEO_TOKEN = "<video>"   # no record writes it; a model trained from scratch takes its video placeholder id here
