@@ -21,8 +21,10 @@ def get_config():
   # (the original ran 4 GPUs × 2 sequences × 16 accumulation steps).
   c.train = ml_collections.ConfigDict(dict(num_steps=5_530, log_every=10, grad_accum=4, logits_chunk=1024,
                                            tunable_parts=("mm_language_model", "mm_mlp_adapter", "mm_vision_tower")))
+  # projector_lr / vision_tower_lr: LLaVA-NeXT's mm_projector_lr / mm_vision_tower_lr; None trains them at lr, as the
+  # UnifiedReward scripts do.
   c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=2.5e-6, schedule="cosine", warmup_ratio=0.03,
-                                           weight_decay=0.0, clip_norm=1.0))
+                                           weight_decay=0.0, clip_norm=1.0, projector_lr=None, vision_tower_lr=None))
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=3))
   c.remat = "full"
   return c

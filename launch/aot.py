@@ -61,7 +61,9 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
                         shardings)
   optimizer = make_optimizer(params, config.optim.lr, config.train.num_steps, config.optim.schedule,
                              config.optim.warmup_ratio, config.optim.weight_decay, config.optim.clip_norm,
-                             parts=tuple(config.train.tunable_parts))
+                             parts=tuple(config.train.tunable_parts),
+                             projector_lr=config.optim.get("projector_lr"),
+                             vision_tower_lr=config.optim.get("vision_tower_lr"))
   batch = batch_shapes(config.train.grad_accum, micro, config.data.max_length, config.data.patches_per_sample,
                        model.vision.image_size, parallel.data_sharding(mesh, batch_axis=1))
   start = time.perf_counter()

@@ -103,7 +103,9 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   if config.optim.name != "adamw":
     raise ValueError(f"optim.name {config.optim.name!r} is not supported for reward training; use adamw")
   optimizer = make_optimizer(params, config.optim.lr, num_steps, config.optim.schedule, config.optim.warmup_ratio,
-                             config.optim.weight_decay, config.optim.clip_norm, parts=tuple(config.train.tunable_parts))
+                             config.optim.weight_decay, config.optim.clip_norm, parts=tuple(config.train.tunable_parts),
+                             projector_lr=config.optim.get("projector_lr"),
+                             vision_tower_lr=config.optim.get("vision_tower_lr"))
   opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
   opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
 

@@ -99,6 +99,20 @@ def test_frozen_parts_do_not_move(params):
     make_optimizer(params, lr=1e-2, num_steps=10, parts=("mm_everything",))
 
 
+def test_part_learning_rates_scale_that_parts_update(params):
+  module = LlavaOnevision(CONFIG)
+  batch = make_batch(4)
+  moved = {}
+  for rates in ({}, dict(projector_lr=1e-3, vision_tower_lr=2.5e-3)):
+    optimizer = make_optimizer(params, lr=1e-2, num_steps=10, weight_decay=0.1, **rates)
+    new, _, _ = jax.jit(make_sft_step(module, optimizer))(params, optimizer.init(params), batch)
+    moved[bool(rates)] = jax.tree.map(lambda a, b: np.asarray(a - b), new, params)
+  for part, ratio in (("multi_modal_projector", 0.1), ("vision_tower", 0.25), ("language_model", 1.0)):
+    for scaled, plain in zip(jax.tree.leaves(moved[True][part]), jax.tree.leaves(moved[False][part])):
+      np.testing.assert_allclose(scaled, ratio * plain, rtol=1e-5, atol=2e-7)   # fp32 rounding of p + update
+  assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(moved[True]["vision_tower"]))
+
+
 @pytest.mark.parametrize("shape", [dict(data=2, fsdp=4, tensor=1), dict(data=2, fsdp=2, tensor=2)],
                          ids=["fsdp4xdata2", "fsdp2xdata2xtensor2"])
 def test_sharded_step_equals_single_device_step(params, shape):

@@ -24,7 +24,7 @@ from ureward_jax.generation.decode import decode, sampling_config
 from ureward_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
 from ureward_jax.nn.attention import causal_mask
-from ureward_jax.nn.linear import dense, logical
+from ureward_jax.nn.linear import dense, logical, torch_linear_kernel_init
 from ureward_jax.processing import anyres
 from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
 
@@ -86,7 +86,11 @@ _PROJECTOR_ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=Fal
 
 
 class MultiModalProjector(nn.Module):
-  """linear_1 (Dv → D) → GELU (exact erf by default) → linear_2 (D → D)."""
+  """linear_1 (Dv → D) → GELU (exact erf by default) → linear_2 (D → D).
+
+  Initialised as LLaVA builds it, with torch's default Linear kernels: at the 0.02 normal, a model trained from
+  scratch sees visual tokens an order of magnitude smaller than its text embeddings, and learns to ignore them.
+  """
   hidden_size: int
   act: str = "gelu"
   dtype: Any = jnp.float32
@@ -94,7 +98,7 @@ class MultiModalProjector(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=torch_linear_kernel_init)
     x = dense(self.hidden_size, ("vision_embed", "embed"), name="linear_1", **kw)(x)
     x = _PROJECTOR_ACTIVATIONS[self.act](x)
     return dense(self.hidden_size, ("embed", "embed_out"), name="linear_2", **kw)(x)

@@ -8,6 +8,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 default_kernel_init = nn.initializers.normal(stddev=0.02)
+# A freshly built torch `nn.Linear`'s kernel (kaiming-uniform with a = √5: U(±1/√fan_in)), for layers that the
+# original creates outside `from_pretrained` and so starts from torch's default rather than the 0.02 normal.
+torch_linear_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def logical(init, names: Sequence[str | None]):
@@ -16,12 +19,13 @@ def logical(init, names: Sequence[str | None]):
 
 
 def dense(features: int | Sequence[int], axes: Sequence[str], *, name: str | None = None, use_bias: bool = True, dtype=None,
-          param_dtype=jnp.float32, contract: int | Sequence[int] = -1) -> nn.DenseGeneral:
+          param_dtype=jnp.float32, contract: int | Sequence[int] = -1,
+          kernel_init=default_kernel_init) -> nn.DenseGeneral:
   """A `DenseGeneral` whose kernel has logical `axes` (input axes then output axes); the bias takes the output axes.
 
   `contract` names the input axes summed over (-1 for a plain Linear; (-2, -1) to fold heads back into the width).
   """
   n_out = 1 if isinstance(features, int) else len(features)
   return nn.DenseGeneral(features=features, axis=contract, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
-                         kernel_init=logical(default_kernel_init, axes),
+                         kernel_init=logical(kernel_init, axes),
                          bias_init=logical(nn.initializers.zeros, axes[-n_out:]), name=name)

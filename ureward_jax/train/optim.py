@@ -11,6 +11,7 @@ import math
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import optax
 
 # LLaVA-NeXT's tunable parts → our top-level parameter groups. `image_newline` trains with the language model there
@@ -48,15 +49,27 @@ def trainable_labels(params: dict, parts: Sequence[str] = ALL_PARTS) -> dict:
 
 def make_optimizer(params: dict, lr: float, num_steps: int, schedule: str = "cosine", warmup_ratio: float = 0.0,
                    weight_decay: float = 0.0, clip_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, parts: Sequence[str] = ALL_PARTS) -> optax.GradientTransformation:
+                   eps: float = 1e-8, parts: Sequence[str] = ALL_PARTS, projector_lr: float | None = None,
+                   vision_tower_lr: float | None = None) -> optax.GradientTransformation:
   """AdamW for the trainable parts of `params` (decay on matrices only, as transformers' Trainer skips biases and
-  norms), nothing for the frozen ones."""
+  norms), nothing for the frozen ones.
+
+  `projector_lr` / `vision_tower_lr` are LLaVA-NeXT's `mm_projector_lr` / `mm_vision_tower_lr`: that part's peak
+  learning rate, on the same schedule (None: `lr`). AdamW's whole update, decay included, is proportional to the
+  learning rate, so each part's update is the common one scaled by its rate over `lr`; clipping stays global.
+  """
   decay_mask = jax.tree.map(lambda p: p.ndim >= 2, params)
   adamw = optax.adamw(learning_rate_schedule(lr, num_steps, schedule, warmup_ratio), b1=b1, b2=b2, eps=eps,
                       weight_decay=weight_decay, mask=decay_mask)
   chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
   train = optax.chain(*chain, adamw)
-  return optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, parts))
+  optimizer = optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, parts))
+  rates = {"multi_modal_projector": projector_lr, "vision_tower": vision_tower_lr}
+  if all(rate is None for rate in rates.values()):
+    return optimizer
+  scales = {name: jax.tree.map(lambda _, r=rates.get(name): 1.0 if r is None else r / lr, tree)
+            for name, tree in params.items()}
+  return optax.chain(optimizer, optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, scales)))
 
 
 def param_count(params: Any) -> int:
