@@ -105,9 +105,9 @@ def _record_data(example: dict) -> dict:
         value = json.loads(_text(value))
     elif key in ("image", "images", "video") and isinstance(value, (np.ndarray, list)) and len(value) and \
         not isinstance(value[0], (bytes, str)):
-      value = np.asarray(value) if key == "image" else list(np.asarray(value))
-      value = np.stack(value) if key == "video" else value
-    elif isinstance(value, (bytes, np.bytes_)):
+      # Decoded pixels: one image, a list of images (sizes may differ), or a video's stacked frames.
+      value = list(value) if key == "images" else np.asarray(value)
+    elif isinstance(value, bytes):
       value = _text(value)
     elif isinstance(value, np.ndarray) and value.dtype == object:
       value = [_text(v) for v in value]
@@ -125,16 +125,20 @@ class TfdsSource(Sequence[Record]):
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None, image_folder: str = ""):
     try:
-      import tensorflow_datasets as tfds
+      import tensorflow_datasets  # noqa: F401
     except ImportError:
       raise ImportError("a `tfds_name` mixture entry needs TensorFlow Datasets: pip install 'ureward_jax[tfds]'") from None
     self.name, self.split, self.data_dir, self.image_folder = name, split, data_dir, image_folder
     try:
-      self._source = tfds.data_source(name, split=split, data_dir=data_dir)
+      self._source = self._open()
     except Exception as e:   # TFDS raises several kinds for a missing or unprepared dataset
       raise ValueError(f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir!r}) cannot be read as an "
                        f"ArrayRecord data source: {e}") from None
     self._length = len(self._source)
+
+  def _open(self):
+    import tensorflow_datasets as tfds
+    return tfds.data_source(self.name, split=self.split, data_dir=self.data_dir)
 
   def __getstate__(self):
     return {**self.__dict__, "_source": None}
@@ -144,8 +148,7 @@ class TfdsSource(Sequence[Record]):
 
   def __getitem__(self, index: int) -> Record:
     if self._source is None:
-      import tensorflow_datasets as tfds
-      self._source = tfds.data_source(self.name, split=self.split, data_dir=self.data_dir)
+      self._source = self._open()
     return Record(_record_data(self._source[int(index)]), self.image_folder, f"tfds:{self.name}/{self.split}")
 
 
