@@ -38,7 +38,9 @@ from ureward_jax.reward import prompts  # noqa: E402
 from ureward_jax.reward.parsing import parse_pointwise  # noqa: E402
 from ureward_jax.train.step import completion_logprobs  # noqa: E402
 
-TRAIN_PER_TASK, EVAL_PER_TASK = 1000, 48
+# Held-out pairs are cheap to judge (one forward per verdict), so there are enough for accuracy to be read to a few
+# points; pointwise answers are decoded token by token, so fewer of them.
+TRAIN_PER_TASK, EVAL_PAIRS, EVAL_POINTS = 1000, 200, 48
 
 _WORKDIR = flags.DEFINE_string("workdir", "shapes_run", "where data, checkpoints and metrics go (resumed if present)")
 _STEPS = flags.DEFINE_integer("steps", None, "training steps (default: configs/demo.py)")
@@ -50,7 +52,7 @@ def prepare_data(workdir: str) -> tuple[str, str, str]:
   tokenizer_file = os.path.join(root, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
     shapes.generate(root, num_per_task=TRAIN_PER_TASK, split="train", seed=0)
-    shapes.generate(root, num_per_task=EVAL_PER_TASK, split="eval", seed=1)
+    shapes.generate(root, num_per_task=EVAL_PAIRS, split="eval", seed=1)
     shapes.shapes_tokenizer().save(tokenizer_file)
   return os.path.join(root, "train.yaml"), os.path.join(root, "eval.yaml"), tokenizer_file
 
@@ -117,7 +119,7 @@ def evaluate(config, params, eval_mixture: str, tokenizer_file: str) -> dict:
   results = {}
   for task in prompts.TASKS:
     pairs = [r for r in records if r.data["task"] == task and r.data["mode"] == "pair"]
-    points = [r for r in records if r.data["task"] == task and r.data["mode"] == "point"]
+    points = [r for r in records if r.data["task"] == task and r.data["mode"] == "point"][:EVAL_POINTS]
     predicted = pointwise_scores(wrapper, points, cfg, tokenizer)
     parsed = [(p, r.data["score"]) for p, r in zip(predicted, points) if p is not None]
     results[task] = dict(pair_accuracy=pairwise_accuracy(module, params, pairs, cfg, tokenizer),
@@ -137,7 +139,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   state = train(config)
   results = evaluate(config, state.params, eval_mixture, tokenizer_file)
-  print(f"\nheld-out judgements after {state.step} steps ({EVAL_PER_TASK} per task and mode):")
+  print(f"\nheld-out judgements after {state.step} steps ({EVAL_PAIRS} pairs and {EVAL_POINTS} points per task):")
   print(f"{'task':<22}{'pairwise accuracy':>19}{'chance':>8}{'pointwise Spearman':>20}{'chance':>8}{'parsed':>9}")
   for task, r in results.items():
     print(f"{task:<22}{r['pair_accuracy']:>18.1%}{0.5:>8.0%}{r['point_spearman']:>20.2f}{0.0:>8.2f}"
