@@ -122,7 +122,7 @@ def evaluate(config, params, eval_mixture: str, tokenizer_file: str) -> dict:
     points = [r for r in records if r.data["task"] == task and r.data["mode"] == "point"][:EVAL_POINTS]
     predicted = pointwise_scores(wrapper, points, cfg, tokenizer)
     parsed = [(p, r.data["score"]) for p, r in zip(predicted, points) if p is not None]
-    results[task] = dict(pair_accuracy=pairwise_accuracy(module, params, pairs, cfg, tokenizer),
+    results[task] = dict(pair_accuracy=pairwise_accuracy(module, params, pairs, cfg, tokenizer), pairs=len(pairs),
                          point_spearman=spearman(*zip(*parsed)) if len(parsed) > 1 else float("nan"),
                          parsed=len(parsed), points=len(points))
   return results
@@ -139,10 +139,11 @@ def main(_):
   logging.set_verbosity(logging.WARNING)
   state = train(config)
   results = evaluate(config, state.params, eval_mixture, tokenizer_file)
-  print(f"\nheld-out judgements after {state.step} steps ({EVAL_PAIRS} pairs and {EVAL_POINTS} points per task):")
-  print(f"{'task':<22}{'pairwise accuracy':>19}{'chance':>8}{'pointwise Spearman':>20}{'chance':>8}{'parsed':>9}")
+  print(f"\nheld-out judgements after {state.step} steps:")
+  print(f"{'task':<22}{'pairs':>6}{'pairwise accuracy':>19}{'chance':>8}{'pointwise Spearman':>20}{'chance':>8}"
+        f"{'parsed':>9}")
   for task, r in results.items():
-    print(f"{task:<22}{r['pair_accuracy']:>18.1%}{0.5:>8.0%}{r['point_spearman']:>20.2f}{0.0:>8.2f}"
+    print(f"{task:<22}{r['pairs']:>6}{r['pair_accuracy']:>18.1%}{0.5:>8.0%}{r['point_spearman']:>20.2f}{0.0:>8.2f}"
           f"{r['parsed']:>5}/{r['points']}")
   print(f"metrics: {os.path.join(workdir, 'metrics.jsonl')}; TensorBoard: {os.path.join(workdir, 'tensorboard')}")
 

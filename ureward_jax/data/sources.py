@@ -124,13 +124,11 @@ class TfdsSource(Sequence[Record]):
   """
 
   def __init__(self, name: str, split: str = "train", data_dir: str | None = None, image_folder: str = ""):
-    try:
-      import tensorflow_datasets  # noqa: F401
-    except ImportError:
-      raise ImportError("a `tfds_name` mixture entry needs TensorFlow Datasets: pip install 'ureward_jax[tfds]'") from None
     self.name, self.split, self.data_dir, self.image_folder = name, split, data_dir, image_folder
     try:
       self._source = self._open()
+    except ImportError:
+      raise ImportError("a `tfds_name` mixture entry needs TensorFlow Datasets: pip install 'ureward_jax[tfds]'") from None
     except Exception as e:   # TFDS raises several kinds for a missing or unprepared dataset
       raise ValueError(f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir!r}) cannot be read as an "
                        f"ArrayRecord data source: {e}") from None
