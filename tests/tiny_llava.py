@@ -22,7 +22,8 @@ MODULE = 1e-5   # tolerance on a single module's output
 
 
 def hf_config(tie: bool = False, text_layers: int = 2, vision_layers: int = 2, hidden: int = 32, heads: int = 4,
-              kv_heads: int = 2, vocab: int = VOCAB) -> transformers.LlavaOnevisionConfig:
+              kv_heads: int = 2, vocab: int = VOCAB, image_token: int = IMAGE_TOKEN,
+              video_token: int = VIDEO_TOKEN) -> transformers.LlavaOnevisionConfig:
   vision = transformers.SiglipVisionConfig(hidden_size=24, intermediate_size=37, num_hidden_layers=vision_layers,
                                            num_attention_heads=4, image_size=TILE, patch_size=14,
                                            vision_use_head=False)
@@ -31,8 +32,8 @@ def hf_config(tie: bool = False, text_layers: int = 2, vision_layers: int = 2, h
                                   num_key_value_heads=kv_heads, rope_theta=1e6, rms_norm_eps=1e-6,
                                   tie_word_embeddings=tie, max_position_embeddings=4096)
   return transformers.LlavaOnevisionConfig(
-      vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=IMAGE_TOKEN,
-      video_token_index=VIDEO_TOKEN, image_grid_pinpoints=[[TILE * i, TILE * j] for i in range(1, 5)
+      vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_index=image_token,
+      video_token_index=video_token, image_grid_pinpoints=[[TILE * i, TILE * j] for i in range(1, 5)
                                                            for j in range(1, 5)],
       vision_feature_layer=-1, vision_feature_select_strategy="full", tie_word_embeddings=tie)
 
@@ -92,7 +93,7 @@ def save_llava_next(model, folder: Path) -> Path:
             "mm_projector_type": "mlp2x_gelu", "mm_patch_merge_type": "spatial_unpad",
             "image_aspect_ratio": "anyres_max_9", "mm_newline_position": "grid",
             "image_grid_pinpoints": [[w, h] for h, w in model.config.image_grid_pinpoints],
-            "image_token_index": IMAGE_TOKEN, "video_token_index": VIDEO_TOKEN}
+            "image_token_index": model.config.image_token_id, "video_token_index": model.config.video_token_id}
   (folder / "config.json").write_text(json.dumps(config))
   return folder
 

@@ -194,6 +194,16 @@ def test_video_accepts_a_list_of_frames(processor):
   as_list = processor.preprocess_video([Image.fromarray(f) for f in frames])
   np.testing.assert_array_equal(as_list, processor.preprocess_video(frames))
 
+def test_plain_views_match_siglip_image_processor():
+  """UnifiedReward's video scripts pass each frame through SigLIP's own processor: squash to a square tile."""
+  pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  frames = [random_image(60, 80, seed=1), random_image(512, 512, seed=2)]
+  want = transformers.SiglipImageProcessor(size={"height": 384, "width": 384})(
+      [Image.fromarray(f) for f in frames], return_tensors="np")["pixel_values"]
+  np.testing.assert_allclose(ImageProcessor().plain_views(frames), want, atol=ATOL)
+  np.testing.assert_allclose(ImageProcessor().plain_views(np.stack([frames[1]] * 2)), want[[1, 1]], atol=ATOL)
+
 
 @pytest.mark.parametrize("in_hw, out_hw", [((1, 1), (384, 384)), ((7, 3000), (33, 384)), ((997, 613), (384, 100)),
                                            ((50, 70), (50, 70))])

@@ -49,10 +49,8 @@ class ExampleConfig:
   @classmethod
   def for_model(cls, model, max_length: int, max_patches: int, **kwargs) -> "ExampleConfig":
     """From a `LlavaOnevisionConfig`."""
-    processor = ImageProcessor(size=model.vision.image_size, patch_size=model.vision.patch_size,
-                               grid_pinpoints=model.image_grid_pinpoints, aspect_ratio=model.vision_aspect_ratio)
-    return cls(max_length, max_patches, processor, model.layout(), model.image_token_id, model.video_token_id,
-               **kwargs)
+    return cls(max_length, max_patches, model.image_processor(), model.layout(), model.image_token_id,
+               model.video_token_id, **kwargs)
 
 
 def _open_image(path) -> Image.Image:

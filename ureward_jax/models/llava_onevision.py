@@ -27,6 +27,7 @@ from ureward_jax.nn.attention import causal_mask
 from ureward_jax.nn.linear import dense, logical, torch_linear_kernel_init
 from ureward_jax.processing import anyres
 from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
+from ureward_jax.processing.image import ImageProcessor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +49,11 @@ class LlavaOnevisionConfig:
                         grid_pinpoints=self.image_grid_pinpoints, aspect_ratio=self.vision_aspect_ratio,
                         video_newline=self.video_newline, video_pool=self.video_pool,
                         exact_round=self.unpad_exact_round)
+
+  def image_processor(self) -> ImageProcessor:
+    """The pixel preprocessing this model's tower and tiling take."""
+    return ImageProcessor(size=self.vision.image_size, patch_size=self.vision.patch_size,
+                          grid_pinpoints=self.image_grid_pinpoints, aspect_ratio=self.vision_aspect_ratio)
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)
@@ -203,7 +209,7 @@ def hf_visuals(config: LlavaOnevisionConfig, pixel_values=None, image_sizes=None
   return visuals
 
 
-def _layout_arrays(config: LlavaOnevisionConfig, input_ids: np.ndarray, visuals: list[Visual]):
+def layout_arrays(config: LlavaOnevisionConfig, input_ids: np.ndarray, visuals: list[Visual]):
   """Patches (P, H, W, C) and the layout arrays (src, weight, dest) for `LlavaOnevision.embed`.
 
   Videos fill the `video_token_id` placeholders and everything else the `image_token_id` ones, each group in
@@ -279,7 +285,7 @@ class LlavaOnevisionForConditionalGeneration:
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if position_ids is None:
       position_ids = np.broadcast_to(np.arange(length), (batch, length))
-    pixels, src, weight, dest = _layout_arrays(self.config, input_ids, list(visuals))
+    pixels, src, weight, dest = layout_arrays(self.config, input_ids, list(visuals))
     with self._rules():
       logits = self._jitted({"params": self.params}, input_ids, attention_mask, np.asarray(position_ids), pixels,
                             src, weight, dest)
@@ -297,7 +303,7 @@ class LlavaOnevisionForConditionalGeneration:
     attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask)
     if visuals is None:
       visuals = hf_visuals(self.config, pixel_values, image_sizes, pixel_values_videos, batch_num_images)
-    pixels, src, weight, dest = _layout_arrays(self.config, input_ids, list(visuals))
+    pixels, src, weight, dest = layout_arrays(self.config, input_ids, list(visuals))
     cfg = sampling_config(max_new_tokens, eos_token_id, pad_token_id=pad_token_id, temperature=temperature,
                           top_k=top_k, top_p=top_p)
     language_model = Qwen2ForCausalLM(self.config.text, dtype=self.module.dtype, param_dtype=self.module.param_dtype,

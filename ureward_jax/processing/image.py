@@ -239,6 +239,18 @@ class ImageProcessor:
     std = np.asarray(self.image_std, np.float32)[:, None, None]
     return (x - mean) / std
 
+  def plain_views(self, images: np.ndarray | Sequence[ImageLike]) -> np.ndarray:
+    """(N, 3, size, size) float32: each image squashed to size × size with Pillow's bicubic, then normalised.
+
+    What SigLIP's own image processor does, and so how UnifiedReward's inference scripts feed each video frame (one
+    plain tile per frame, no tiling, aspect not kept). Takes a list of images or an (N, H, W, 3) uint8 array.
+    """
+    views = [_resize_pil(to_rgb_array(image, what=f"images[{i}]"), (self.size, self.size))
+             for i, image in enumerate(images)]
+    if not views:
+      raise ValueError("images is empty; pass at least one image")
+    return self._normalize(np.stack(views))
+
   def preprocess_video(self, frames: np.ndarray | Sequence[ImageLike]) -> np.ndarray:
     """(F, H, W, 3) uint8 frames, or a list of same-size images → float32 (F, 3, size, size).
 
