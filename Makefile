@@ -12,9 +12,12 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 # torch is installed first and pinned, so nothing can pull a CUDA build in its place.
+# The report test renders a page in headless Chromium: Debian's package, installed where apt-get can.
 $(VENV)/.installed: $(PY) pyproject.toml
 	$(PIP) install --quiet torch==2.13.0
 	$(PIP) install --quiet -e ".[test,tpu]"
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "Chromium could not be installed: the report rendering test will be skipped"
 	touch $@
 
 # The demo needs the package alone: no PyTorch, no test or TPU extras.

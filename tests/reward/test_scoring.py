@@ -4,12 +4,8 @@ mode × method runs, swap debiasing is symmetric, and bad rows are reported with
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-import ureward_jax
-from converters.llava_onevision import convert_folder
 from tests import tiny_llava as T
-from ureward_jax.data import shapes
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import prompts
@@ -21,24 +17,9 @@ TEXT = {"prompt": "a red circle and a blue square", "question": "What color is t
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  """(transformers model, our loaded model, the tokenizer, a folder of media) for a tiny random checkpoint."""
-  root = tmp_path_factory.mktemp("judge")
-  tokenizer = shapes.shapes_tokenizer()
-  hf = T.hf_model(seed=3, vocab=tokenizer.get_vocab_size(), image_token=tokenizer.token_to_id("<image>"),
-                  video_token=tokenizer.token_to_id("<video>"))
-  T.save_hf(hf, root / "hf")
-  tokenizer.save(str(root / "hf" / "tokenizer.json"))
-  convert_folder(root / "hf", root / "ours", "float32")
-  rng = np.random.default_rng(0)
-  media = root / "media"
-  (media / "clip").mkdir(parents=True)
-  for name, (h, w) in {"a.png": (90, 140), "b.jpg": (120, 80), "c.png": (70, 70)}.items():
-    Image.fromarray(rng.integers(0, 256, (h, w, 3), np.uint8)).save(media / name)
-  for j in range(5):
-    Image.fromarray(rng.integers(0, 256, (60, 80, 3), np.uint8)).save(media / "clip" / f"{j:03d}.png")
-  (media / "broken.png").write_bytes(b"not an image")
-  return hf, ureward_jax.load(root / "ours"), tokenizer, str(media)
+def setup(checkpoint):
+  hf, model, tokenizer, _, media = checkpoint
+  return hf, model, tokenizer, media
 
 
 def row(task, mode, first="a.png", second="b.jpg"):

@@ -117,7 +117,8 @@ def _path(value, root: str | None) -> str:
   return value if root is None or os.path.isabs(value) else os.path.join(root, value)
 
 
-def _image(value, root: str | None, resize: int | None) -> np.ndarray:
+def load_image(value, root: str | None, resize: int | None = None) -> np.ndarray:
+  """(H, W, 3) uint8 of an image path, PIL image or array, optionally resized to resize²; raises BadInput."""
   if isinstance(value, str):
     try:
       with Image.open(_path(value, root)) as image:
@@ -136,13 +137,12 @@ def _image(value, root: str | None, resize: int | None) -> np.ndarray:
   return rgb
 
 
-def _frames(value, root: str | None, options: InputOptions) -> np.ndarray:
+def load_frames(value, root: str | None, options: InputOptions) -> np.ndarray:
+  """(num_frames, H, W, 3) uint8 of a video file, frame folder or array, sampled uniformly; raises BadInput."""
   if isinstance(value, str):
     try:
       frames = read_frames(_path(value, root), options.num_frames)
-    except FileNotFoundError as e:
-      raise BadInput(str(e)) from None
-    except ValueError as e:
+    except (FileNotFoundError, ValueError) as e:
       raise BadInput(str(e)) from None
   elif isinstance(value, np.ndarray) and value.ndim == 4 and value.shape[-1] == 3 and value.dtype == np.uint8:
     frames = value[frame_indices(len(value), options.num_frames)]
@@ -166,9 +166,9 @@ def visual_inputs(row: dict, task: str, mode: str, processor: ImageProcessor, op
   key = media_key(row, task, mode)
   values = _two(row, key) if key in ("images", "videos") else [row[key]]
   if task.startswith("video"):
-    return [v for value in values for v in _video_visuals(_frames(value, root, options), processor,
+    return [v for value in values for v in _video_visuals(load_frames(value, root, options), processor,
                                                           options.video_layout)]
-  images = [_image(value, root, options.resize) for value in values]
+  images = [load_image(value, root, options.resize) for value in values]
   if len(images) == 2 and options.pair_layout == "pad":
     return [(VisualItem("single"), p[:1]) for p in processor(images, [2])["pixel_values"]]
   out = []

@@ -1,0 +1,111 @@
+"""`ureward score`: rows in, results out, bad rows reported, interrupted runs resumed, and a report that renders."""
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ureward_jax.cli import main
+
+ROWS = [
+    {"id": "p1", "prompt": "a red circle", "images": ["red.png", "blue.png"]},
+    {"id": "p2", "prompt": "a blue square", "images": ["blue.png", "a.png"]},
+    {"id": "p3", "prompt": "a red circle", "images": ["red.png", "missing.png"]},
+    {"id": "p4", "prompt": "", "images": ["red.png", "blue.png"]},
+    {"prompt": "a green triangle", "images": ["c.png", "red.png"]},
+]
+
+
+def write_input(path, media):
+  lines = [json.dumps(ROWS[0]), json.dumps(ROWS[1]), "{not json", json.dumps(ROWS[2]), json.dumps(ROWS[3]),
+           json.dumps(ROWS[4]), json.dumps(ROWS[0] | {"prompt": "again"})]
+  path.write_text("\n".join(lines) + "\n")
+  return ["score", "--model", None, "--task", "image_generation", "--mode", "pair", "--input", str(path),
+          "--media-root", media, "--batch-size", "2"]
+
+
+def read(path):
+  return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def first_run(checkpoint, tmp_path_factory):
+  _, _, _, folder, media = checkpoint
+  tmp = tmp_path_factory.mktemp("cli")
+  args = write_input(tmp / "in.jsonl", media)
+  args[2] = str(folder)
+  out = tmp / "out.jsonl"
+  assert main(args + ["--output", str(out), "--report", str(tmp / "report.html")]) == 0
+  return args, out, tmp
+
+
+def test_results_and_errors_per_row(first_run):
+  _, out, _ = first_run
+  rows = read(out)
+  results = {r["id"]: r for r in rows}
+  assert len(rows) == 6 and set(results) == {"p1", "p2", "p3", "p4", "line 3", "line 6"}
+  for key in ("p1", "p2", "line 6"):
+    assert results[key]["winner"] in (0, 1, 2) and "error" not in results[key]
+    assert abs(sum(results[key]["probs"].values()) - 1) < 1e-6 and results[key]["prompt"]
+  assert "missing.png" in results["p3"]["error"]
+  assert "'prompt'" in results["p4"]["error"]
+  assert "unreadable line" in results["line 3"]["error"]
+
+
+def test_rerun_resumes_after_an_interruption(first_run, tmp_path, capsys):
+  args, out, _ = first_run
+  complete = read(out)
+  partial = tmp_path / "out.jsonl"
+  lines = out.read_text().splitlines(keepends=True)
+  partial.write_text("".join(lines[:2]) + lines[2][:15])   # killed while writing the third line
+  assert main(args + ["--output", str(partial)]) == 0
+  err = capsys.readouterr().err
+  assert "2 already in" in err and "skipping 1 rows whose id an earlier row has (lines 7)" in err
+  resumed = read(partial)
+  assert [r["id"] for r in resumed] == [r["id"] for r in complete]
+  for a, b in zip(resumed, complete):
+    assert a.get("winner") == b.get("winner") and a.get("error") == b.get("error")
+    assert a.get("probs", {}) == pytest.approx(b.get("probs", {}), abs=1e-6)
+  assert main(args + ["--output", str(partial)]) == 0   # nothing left to do
+  assert read(partial) == resumed
+
+
+def test_bad_arguments_exit_with_a_message(checkpoint, tmp_path):
+  _, _, _, folder, media = checkpoint
+  args = write_input(tmp_path / "in.jsonl", media)
+  args[2] = str(tmp_path)   # no checkpoint there
+  with pytest.raises(SystemExit, match="tokenizer.json"):
+    main(args + ["--output", str(tmp_path / "o.jsonl")])
+  args[2] = str(folder)
+  with pytest.raises(SystemExit, match="swap"):
+    main(["score", "--model", str(folder), "--task", "image_generation", "--mode", "point", "--swap",
+          "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")])
+
+
+def _chromium():
+  return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _headless(tmp_path, *args):
+  flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}"]
+  return subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (make test installs Debian's chromium package)")
+def test_report_renders_in_headless_chromium(first_run, tmp_path):
+  _, _, folder = first_run
+  page = f"file://{folder / 'report.html'}"
+  dom = _headless(tmp_path, "--dump-dom", page).stdout
+  assert dom.count('class="item"') == 6 and dom.count('class="verdict"') == 3 and "missing.png" in dom
+  assert dom.count('class="bar"') == 9   # p(1), p(2), p(tie) of each judged pair
+  shot = tmp_path / "shot.png"
+  _headless(tmp_path, f"--screenshot={shot}", "--window-size=1000,900", page)
+  pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+  red = np.sum((pixels[..., 0] > 220) & (pixels[..., 1] < 40) & (pixels[..., 2] < 40))
+  blue = np.sum((pixels[..., 2] > 220) & (pixels[..., 0] < 40) & (pixels[..., 1] < 40))
+  assert red > 2000 and blue > 2000, (red, blue)   # the first pair's pictures are on screen

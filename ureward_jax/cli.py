@@ -1,0 +1,154 @@
+"""The `ureward` command.
+
+  ureward score --model DIR --task TASK --mode {pair,point} --input in.jsonl --output out.jsonl
+                [--method logits|generate] [--swap] [--batch-size N] [--report report.html] ...
+
+score: judges every row of `in.jsonl` (formats in `ureward_jax.reward.inputs`; media paths relative to the input
+file's folder unless --media-root says otherwise) and appends to `out.jsonl` the input row plus `winner`, `probs`,
+`logprobs` (pairs) or `score`, `mass` (points), `text` (generate) or `error`. Results are written batch by batch, so
+an interrupted run loses at most one batch, and re-running with the same output skips the ids already there. A
+row without an "id" is known by its line number ("line 7"); a row whose id an earlier row has is skipped with a
+warning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from tqdm import tqdm
+
+from ureward_jax.reward import inputs, prompts
+
+
+def _read_rows(path: str) -> tuple[list[dict], list[int]]:
+  """(rows of a JSONL file, each with an "id", unreadable lines as rows carrying an "error"; the line numbers of
+  rows whose id an earlier row already has)."""
+  rows, seen, duplicates = [], set(), []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+        if not isinstance(row, dict):
+          raise ValueError(f"a row must be a JSON object, got {type(row).__name__}")
+      except ValueError as e:
+        rows.append({"id": f"line {n}", "error": f"unreadable line: {e}"})
+        continue
+      row.setdefault("id", f"line {n}")
+      if row["id"] in seen:
+        duplicates.append(n)
+        continue
+      seen.add(row["id"])
+      rows.append(row)
+  return rows, duplicates
+
+
+def _done_ids(path: str) -> set:
+  """Ids already in an output file; a last line cut short by an interruption is removed."""
+  if not os.path.exists(path):
+    return set()
+  done, good_bytes = set(), 0
+  with open(path, "rb") as f:
+    for line in f:
+      try:
+        done.add(json.loads(line)["id"])
+      except (ValueError, KeyError, TypeError):
+        break
+      good_bytes += len(line)
+  if good_bytes < os.path.getsize(path):
+    with open(path, "r+b") as f:
+      f.truncate(good_bytes)
+  return done
+
+
+def _score(args) -> int:
+  import jax.numpy as jnp
+  import tokenizers
+
+  import ureward_jax
+  from ureward_jax.reward.report import write_report
+  from ureward_jax.reward.scoring import Judge
+
+  tokenizer_file = os.path.join(args.model, "tokenizer.json")
+  if not os.path.exists(tokenizer_file):
+    sys.exit(f"error: {tokenizer_file} is missing; the model folder must hold the checkpoint's tokenizer")
+  options = inputs.InputOptions(num_frames=args.num_frames, resize=args.resize, pair_layout=args.pair_layout,
+                                video_layout=args.video_layout)
+  root = args.media_root or os.path.dirname(os.path.abspath(args.input))
+  rows, duplicates = _read_rows(args.input)
+  if duplicates:
+    print(f"warning: skipping {len(duplicates)} rows whose id an earlier row has (lines "
+          f"{', '.join(map(str, duplicates[:20]))}{', ...' if len(duplicates) > 20 else ''})", file=sys.stderr)
+  done = _done_ids(args.output)
+  pending = [row for row in rows if row["id"] not in done]
+  model = ureward_jax.load(args.model, dtype=jnp.dtype(args.dtype))
+  judge = Judge(model, tokenizers.Tokenizer.from_file(tokenizer_file), args.task, args.mode, method=args.method,
+                variant=args.variant, swap=args.swap, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                options=options)
+  counts = {"judged": 0, "errors": 0, "unreadable": 0, "skipped": len(rows) - len(pending)}
+  verdict = "winner" if args.mode == "pair" else "score"
+  with open(args.output, "a", encoding="utf-8") as out, tqdm(total=len(pending), unit="row", desc="judging") as bar:
+    for start in range(0, len(pending), args.batch_size):
+      chunk = pending[start:start + args.batch_size]
+      readable = [row for row in chunk if "error" not in row]
+      results = iter(judge.judge(readable, root))
+      for row in chunk:
+        merged = row if "error" in row else row | next(results)
+        if "error" in merged:
+          counts["errors"] += 1
+        else:
+          counts["judged"] += 1
+          counts["unreadable"] += merged.get(verdict) is None
+        out.write(json.dumps(merged, ensure_ascii=False) + "\n")
+      out.flush()
+      bar.update(len(chunk))
+  print(f"{counts['judged']} judged, {counts['errors']} with errors, {counts['unreadable']} unreadable answers, "
+        f"{counts['skipped']} already in {args.output}", file=sys.stderr)
+  if args.report:
+    judged, _ = _read_rows(args.output)
+    write_report(args.report, judged, judged, args.task, args.mode, root, options)
+    print(f"report: {args.report}", file=sys.stderr)
+  return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog="ureward", description="UnifiedReward in JAX.")
+  commands = parser.add_subparsers(dest="command", required=True)
+  score = commands.add_parser("score", help="judge pairs or points of a JSONL file with a reward model")
+  score.add_argument("--model", required=True, help="converted checkpoint folder (with tokenizer.json)")
+  score.add_argument("--task", required=True, choices=prompts.TASKS)
+  score.add_argument("--mode", required=True, choices=prompts.MODES)
+  score.add_argument("--input", required=True, help="JSONL rows to judge")
+  score.add_argument("--output", required=True, help="JSONL results (appended to; ids already there are skipped)")
+  score.add_argument("--method", default="logits", choices=("logits", "generate"))
+  score.add_argument("--swap", action="store_true", help="judge both orders of each pair and average")
+  score.add_argument("--batch-size", type=int, default=4)
+  score.add_argument("--variant", default="default", help="prompt wording: default, eval or dpo")
+  score.add_argument("--max-new-tokens", type=int, default=1024, help="token limit of the generate method")
+  score.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
+  score.add_argument("--resize", type=int, default=None, help="resize images and frames to this square first")
+  score.add_argument("--pair-layout", default="anyres", choices=inputs.PAIR_LAYOUTS)
+  score.add_argument("--video-layout", default="frames", choices=inputs.VIDEO_LAYOUTS)
+  score.add_argument("--media-root", default=None, help="folder of relative media paths (default: the input's)")
+  score.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  score.add_argument("--report", default=None, help="also write a static HTML page of the judged rows")
+  score.set_defaults(run=_score)
+  return parser
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if getattr(args, "batch_size", 1) < 1:
+    sys.exit("error: --batch-size must be at least 1")
+  try:
+    return args.run(args)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
