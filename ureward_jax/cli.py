@@ -9,6 +9,12 @@ file's folder unless --media-root says otherwise) and appends to `out.jsonl` the
 an interrupted run loses at most one batch, and re-running with the same output skips the ids already there. A
 row without an "id" is known by its line number ("line 7"); a row whose id an earlier row has is skipped with a
 warning.
+
+  ureward eval --benchmark {genai_image,genai_video,videogen_rewardbench,vl_rewardbench} --model DIR
+               --input records.jsonl --output judged.jsonl [--official] [--seed 0] ...
+
+eval: judges a benchmark's records (`ureward_jax.reward.benchmarks`) as its official script does, keeps each row's
+label with its result in judged.jsonl (resumable as above), and prints the benchmark's metrics as JSON.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import sys
 
 from tqdm import tqdm
 
-from ureward_jax.reward import inputs, prompts
+from ureward_jax.reward import benchmarks, inputs, prompts
 
 
 def _read_rows(path: str) -> tuple[list[dict], list[int]]:
@@ -65,7 +71,9 @@ def _done_ids(path: str) -> set:
   return done
 
 
-def _score(args) -> int:
+def _judge_file(args, rows: list[dict], task: str, mode: str, variant: str, options: inputs.InputOptions,
+                root: str) -> None:
+  """Judge the rows not yet in args.output, appending a batch at a time; print a summary; write the report."""
   import jax.numpy as jnp
   import tokenizers
 
@@ -76,21 +84,14 @@ def _score(args) -> int:
   tokenizer_file = os.path.join(args.model, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
     sys.exit(f"error: {tokenizer_file} is missing; the model folder must hold the checkpoint's tokenizer")
-  options = inputs.InputOptions(num_frames=args.num_frames, resize=args.resize, pair_layout=args.pair_layout,
-                                video_layout=args.video_layout)
-  root = args.media_root or os.path.dirname(os.path.abspath(args.input))
-  rows, duplicates = _read_rows(args.input)
-  if duplicates:
-    print(f"warning: skipping {len(duplicates)} rows whose id an earlier row has (lines "
-          f"{', '.join(map(str, duplicates[:20]))}{', ...' if len(duplicates) > 20 else ''})", file=sys.stderr)
   done = _done_ids(args.output)
   pending = [row for row in rows if row["id"] not in done]
   model = ureward_jax.load(args.model, dtype=jnp.dtype(args.dtype))
-  judge = Judge(model, tokenizers.Tokenizer.from_file(tokenizer_file), args.task, args.mode, method=args.method,
-                variant=args.variant, swap=args.swap, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+  judge = Judge(model, tokenizers.Tokenizer.from_file(tokenizer_file), task, mode, method=args.method,
+                variant=variant, swap=args.swap, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                 options=options)
   counts = {"judged": 0, "errors": 0, "unreadable": 0, "skipped": len(rows) - len(pending)}
-  verdict = "winner" if args.mode == "pair" else "score"
+  verdict = "winner" if mode == "pair" else "score"
   with open(args.output, "a", encoding="utf-8") as out, tqdm(total=len(pending), unit="row", desc="judging") as bar:
     for start in range(0, len(pending), args.batch_size):
       chunk = pending[start:start + args.batch_size]
@@ -110,34 +111,84 @@ def _score(args) -> int:
         f"{counts['skipped']} already in {args.output}", file=sys.stderr)
   if args.report:
     judged, _ = _read_rows(args.output)
-    write_report(args.report, judged, judged, args.task, args.mode, root, options)
+    write_report(args.report, judged, judged, task, mode, root, options)
     print(f"report: {args.report}", file=sys.stderr)
+
+
+def _options(args, resize: int | None) -> inputs.InputOptions:
+  return inputs.InputOptions(num_frames=args.num_frames, resize=resize, pair_layout=args.pair_layout,
+                             video_layout=args.video_layout)
+
+
+def _root(args) -> str:
+  return args.media_root or os.path.dirname(os.path.abspath(args.input))
+
+
+def _score(args) -> int:
+  rows = _rows_of(args.input)
+  _judge_file(args, rows, args.task, args.mode, args.variant, _options(args, args.resize), _root(args))
   return 0
+
+
+def _eval(args) -> int:
+  spec = benchmarks.benchmark(args.benchmark)
+  if args.official and args.method != "generate":
+    sys.exit("error: --official reads the scripts' verdict strings from generated text: add --method generate")
+  records = _rows_of(args.input)
+  readable = [r for r in records if "error" not in r]
+  rows = benchmarks.rows_to_judge(args.benchmark, readable, args.seed) + [r for r in records if "error" in r]
+  resize = spec.resize if args.resize is None else args.resize
+  _judge_file(args, rows, spec.task, "pair", spec.variant, _options(args, resize), _root(args))
+  judged, _ = _read_rows(args.output)
+  print(json.dumps({"benchmark": args.benchmark} | benchmarks.metrics(args.benchmark, judged, args.official),
+                   indent=1))
+  return 0
+
+
+def _rows_of(path: str) -> list[dict]:
+  rows, duplicates = _read_rows(path)
+  if duplicates:
+    print(f"warning: skipping {len(duplicates)} rows whose id an earlier row has (lines "
+          f"{', '.join(map(str, duplicates[:20]))}{', ...' if len(duplicates) > 20 else ''})", file=sys.stderr)
+  return rows
 
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="ureward", description="UnifiedReward in JAX.")
   commands = parser.add_subparsers(dest="command", required=True)
   score = commands.add_parser("score", help="judge pairs or points of a JSONL file with a reward model")
-  score.add_argument("--model", required=True, help="converted checkpoint folder (with tokenizer.json)")
   score.add_argument("--task", required=True, choices=prompts.TASKS)
   score.add_argument("--mode", required=True, choices=prompts.MODES)
-  score.add_argument("--input", required=True, help="JSONL rows to judge")
-  score.add_argument("--output", required=True, help="JSONL results (appended to; ids already there are skipped)")
-  score.add_argument("--method", default="logits", choices=("logits", "generate"))
-  score.add_argument("--swap", action="store_true", help="judge both orders of each pair and average")
-  score.add_argument("--batch-size", type=int, default=4)
   score.add_argument("--variant", default="default", help="prompt wording: default, eval or dpo")
-  score.add_argument("--max-new-tokens", type=int, default=1024, help="token limit of the generate method")
-  score.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
-  score.add_argument("--resize", type=int, default=None, help="resize images and frames to this square first")
-  score.add_argument("--pair-layout", default="anyres", choices=inputs.PAIR_LAYOUTS)
-  score.add_argument("--video-layout", default="frames", choices=inputs.VIDEO_LAYOUTS)
-  score.add_argument("--media-root", default=None, help="folder of relative media paths (default: the input's)")
-  score.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
-  score.add_argument("--report", default=None, help="also write a static HTML page of the judged rows")
   score.set_defaults(run=_score)
+
+  evaluate = commands.add_parser("eval", help="judge a benchmark's records and print its metrics")
+  evaluate.add_argument("--benchmark", required=True, choices=sorted(benchmarks.BENCHMARKS))
+  evaluate.add_argument("--seed", type=int, default=0, help="seed of the position randomisation")
+  evaluate.add_argument("--official", action="store_true",
+                        help="score generated text with the official scripts' string rules (needs --method generate)")
+  for command in (score, evaluate):
+    _judging_arguments(command)
+  evaluate.set_defaults(run=_eval)
   return parser
+
+
+def _judging_arguments(command: argparse.ArgumentParser) -> None:
+  command.add_argument("--model", required=True, help="converted checkpoint folder (with tokenizer.json)")
+  command.add_argument("--input", required=True, help="JSONL rows (score) or benchmark records (eval)")
+  command.add_argument("--output", required=True, help="JSONL results (appended to; ids already there are skipped)")
+  command.add_argument("--method", default="logits", choices=("logits", "generate"))
+  command.add_argument("--swap", action="store_true", help="judge both orders of each pair and average")
+  command.add_argument("--batch-size", type=int, default=4)
+  command.add_argument("--max-new-tokens", type=int, default=1024, help="token limit of the generate method")
+  command.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
+  command.add_argument("--resize", type=int, default=None,
+                       help="resize images and frames to this square first (eval: the benchmark script's size)")
+  command.add_argument("--pair-layout", default="anyres", choices=inputs.PAIR_LAYOUTS)
+  command.add_argument("--video-layout", default="frames", choices=inputs.VIDEO_LAYOUTS)
+  command.add_argument("--media-root", default=None, help="folder of relative media paths (default: the input's)")
+  command.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  command.add_argument("--report", default=None, help="also write a static HTML page of the judged rows")
 
 
 def main(argv=None) -> int:
