@@ -23,6 +23,16 @@ def test_every_official_verdict_string_parses_to_its_winner(task):
     ("Image 1 is better in colour, but Image 2 is better in layout.", None),
     ("I cannot decide.", None),
     ("", None),
+    ("Response 2 is better than Response 1 because it names the colour.", 2),
+    ("Answer 1 is the better one.", 1),
+    ("__Video 2__ is better than Video 1.", 2),
+    ("Both videos are equally good in alignment and quality.", 0),
+    ("Both images are equally good, but Image 1 is better in detail.", None),   # a tie and a winner at once
+    ("Image 3 is better.", None),
+    ("Image 1 is better than Image 2.\nOverall Judgment: Answer 2 is better.", 2),   # only the last judgment
+    ("Overall Judgment: none of them.", None),
+    ("Image 1 is not better than Image 2.", None),
+    ("image 1 IS BETTER than image 2", 1),
 ])
 def test_pairwise_forms_and_refusals(text, winner):
   assert parse_pairwise(text) == winner
@@ -36,6 +46,12 @@ def test_pairwise_forms_and_refusals(text, winner):
     ("final score: 7.", 7.0),
     ("The image scores 4 out of 5.", None),
     ("Final Score: none", None),
+    ("Final Score: 10", 10.0),
+    ("Final Score:4", 4.0),
+    ("Final Score: *4.5*", 4.5),
+    ("final SCORE :  92", 92.0),
+    ("Final Score: -1", -1.0),
+    ("Score: 4", None),
 ])
 def test_pointwise_takes_the_last_final_score(text, score):
   assert parse_pointwise(text) == score
