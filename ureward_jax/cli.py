@@ -83,7 +83,8 @@ def _judge_file(args, rows: list[dict], task: str, mode: str, variant: str, opti
 
   tokenizer_file = os.path.join(args.model, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
-    sys.exit(f"error: {tokenizer_file} is missing; the model folder must hold the checkpoint's tokenizer")
+    sys.exit(f"error: {tokenizer_file} is missing; the model folder must hold the checkpoint's fast tokenizer (write "
+             "one with transformers: AutoTokenizer.from_pretrained(SRC).save_pretrained(MODEL_DIR))")
   done = _done_ids(args.output)
   pending = [row for row in rows if row["id"] not in done]
   model = ureward_jax.load(args.model, dtype=jnp.dtype(args.dtype))
