@@ -153,9 +153,11 @@ class Judge:
   """Judges rows of one task × mode with a loaded reward model (see the module docstring and `inputs`).
 
   model: `ureward_jax.load(dir)`; tokenizer: the checkpoint's `tokenizer.json`. `judge(rows)` returns one result
-  dict per row: pairs {"winner": 1 | 2 | 0 (tie) | None, "probs" and "logprobs" (each verdict sentence's summed
-  log-probability) keyed "1", "2"[, "tie"] (logits) or "text" (generate)}, points {"score": float | None, "mass" (logits) or "text" (generate)}; a row that cannot be judged
-  gets {"error": message} and the others go on.
+  dict per row:
+    pairs   {"winner": 1 | 2 | 0 (tie) | None} with, for logits, "probs" and "logprobs" (each verdict sentence's
+            summed log-probability) keyed "1", "2"[, "tie"], or for generate "text";
+    points  {"score": float | None} with "mass" (logits) or "text" (generate);
+  a row that cannot be judged gets {"error": message} and the others go on.
   """
 
   def __init__(self, model: LlavaOnevisionForConditionalGeneration, tokenizer: tokenizers.Tokenizer, task: str,
