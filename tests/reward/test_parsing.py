@@ -3,7 +3,12 @@
 import pytest
 
 from ureward_jax.reward import prompts
-from ureward_jax.reward.parsing import parse_pairwise, parse_pointwise
+from ureward_jax.reward.parsing import (
+  parse_pairwise,
+  parse_pairwise_official,
+  parse_pointwise,
+  parse_pointwise_official,
+)
 
 
 @pytest.mark.parametrize("task", prompts.TASKS)
@@ -55,3 +60,26 @@ def test_pairwise_forms_and_refusals(text, winner):
 ])
 def test_pointwise_takes_the_last_final_score(text, score):
   assert parse_pointwise(text) == score
+
+
+@pytest.mark.parametrize("text, task, winner", [
+    ("Image 2 is better than Image 1.", "image_generation", 2),
+    ("Both images are equally good.", "image_generation", 1),          # ties go to the first
+    ("gibberish", "video_generation", 1),
+    ("Video 2 is better than Video 1.", "video_generation", 2),
+    ("Image 2 is better.", "image_generation", 1),                      # not the sifting sentence
+    ("Answer 2 is better at first. Overall Judgment: Answer 2 is better. More text.", "image_understanding", 2),
+    ("Overall Judgment: Answer 1 is better than Answer 2.", "video_understanding", 1),
+    ("Answer 2 is better.", "image_understanding", 2),                  # no judgment: the whole text
+    ("Overall Judgment: unclear. Answer 2 is better.", "image_understanding", 1),   # only up to the first "."
+])
+def test_official_pairwise_rules(text, task, winner):
+  assert parse_pairwise_official(text, task) == winner
+
+
+@pytest.mark.parametrize("text, score", [
+    ("Final Score: 3.7", 3), ("explanation 42\nFinal Score: 88", 88), ("Final Score: none, but 7 of 10", 7),
+    ("rated 4 of 5", 4), ("no number", 0), ("Final Score: none at all", 0),
+])
+def test_official_pointwise_rules(text, score):
+  assert parse_pointwise_official(text) == score

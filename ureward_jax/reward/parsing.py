@@ -3,7 +3,8 @@
 `parse_pairwise` → 1 or 2 (that input is better), 0 (a tie), or None when the text states no verdict or several;
 `parse_pointwise` → the number after the last "Final Score:" as a float, or None. The official scripts instead turn
 an unreadable answer into "1 wins" or a score of 0 and read "3.7" as 3 (`../shared/reference` §4.1): those would
-silently bias rankings, so a None here is reported by the callers and counted, not resolved.
+silently bias rankings, so a None here is reported by the callers and counted, not resolved. The `*_official`
+functions reproduce the scripts' rules, for regenerating their preference data exactly.
 """
 
 from __future__ import annotations
@@ -50,3 +51,24 @@ def parse_pointwise(text: str) -> float | None:
     return None
   number = _NUMBER.search(text, markers[-1].end())
   return float(number.group()) if number else None
+
+
+def parse_pairwise_official(text: str, task: str) -> int:
+  """The released preference-construction scripts' reading of a verdict: never None (`../shared/reference` §4.1).
+
+  Generation sifting: 2 when the text holds "Image 2 is better than Image 1" (or the Video form), else 1 (ties and
+  unreadable answers included). Understanding: the text after the last "Overall Judgment" up to its first "."; 2
+  for "Answer 2 is better", else 1 (the image-understanding script's rule, applied to video understanding too).
+  """
+  if task.endswith("generation"):
+    return 2 if "Image 2 is better than Image 1" in text or "Video 2 is better than Video 1" in text else 1
+  judgment = text.rsplit("Overall Judgment", 1)[-1].split(".", 1)[0]
+  return 2 if "Answer 2 is better" in judgment and "Answer 1 is better" not in judgment else 1
+
+
+def parse_pointwise_official(text: str) -> int:
+  """The released scripts' score: the first integer after the last "Final Score:" (decimals cut, "3.7" → 3), else
+  the first integer anywhere, else 0."""
+  after = text.rsplit("Final Score:", 1)[1] if "Final Score:" in text else text
+  number = re.search(r"\d+", after) or re.search(r"\d+", text)
+  return int(number.group()) if number else 0
