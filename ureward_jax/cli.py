@@ -15,6 +15,12 @@ warning.
 
 eval: judges a benchmark's records (`ureward_jax.reward.benchmarks`) as its official script does, keeps each row's
 label with its result in judged.jsonl (resumable as above), and prints the benchmark's metrics as JSON.
+
+  ureward build-pairs --model DIR --task TASK --input items.jsonl --output pairs.jsonl [--policy DIR] ...
+
+build-pairs: judges each item's candidates (given, or sampled from --policy) as pairs and points with the "dpo"
+wordings, keeps one chosen / rejected pair per prompt (`ureward_jax.preference`), appends the kept records to
+pairs.jsonl and every prompt's judgements to pairs.judgements.jsonl, whose ids a re-run skips.
 """
 
 from __future__ import annotations
@@ -71,24 +77,30 @@ def _done_ids(path: str) -> set:
   return done
 
 
-def _judge_file(args, rows: list[dict], task: str, mode: str, variant: str, options: inputs.InputOptions,
-                root: str) -> None:
-  """Judge the rows not yet in args.output, appending a batch at a time; print a summary; write the report."""
+def _load(folder: str, dtype: str):
+  """(model, tokenizer) of a converted checkpoint folder; exits with a message when its tokenizer.json is missing."""
   import jax.numpy as jnp
   import tokenizers
 
   import ureward_jax
-  from ureward_jax.reward.report import write_report
-  from ureward_jax.reward.scoring import Judge
 
-  tokenizer_file = os.path.join(args.model, "tokenizer.json")
+  tokenizer_file = os.path.join(folder, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
     sys.exit(f"error: {tokenizer_file} is missing; the model folder must hold the checkpoint's fast tokenizer (write "
              "one with transformers: AutoTokenizer.from_pretrained(SRC).save_pretrained(MODEL_DIR))")
+  return ureward_jax.load(folder, dtype=jnp.dtype(dtype)), tokenizers.Tokenizer.from_file(tokenizer_file)
+
+
+def _judge_file(args, rows: list[dict], task: str, mode: str, variant: str, options: inputs.InputOptions,
+                root: str) -> None:
+  """Judge the rows not yet in args.output, appending a batch at a time; print a summary; write the report."""
+  from ureward_jax.reward.report import write_report
+  from ureward_jax.reward.scoring import Judge
+
   done = _done_ids(args.output)
   pending = [row for row in rows if row["id"] not in done]
-  model = ureward_jax.load(args.model, dtype=jnp.dtype(args.dtype))
-  judge = Judge(model, tokenizers.Tokenizer.from_file(tokenizer_file), task, mode, method=args.method,
+  model, tokenizer = _load(args.model, args.dtype)
+  judge = Judge(model, tokenizer, task, mode, method=args.method,
                 variant=variant, swap=args.swap, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                 options=options)
   counts = {"judged": 0, "errors": 0, "unreadable": 0, "skipped": len(rows) - len(pending)}
@@ -146,6 +158,58 @@ def _eval(args) -> int:
   return 0
 
 
+def _build_pairs(args) -> int:
+  from ureward_jax.preference.build import PairBuilder, sample_answers
+  from ureward_jax.reward.scoring import Judge
+
+  if args.official and args.method != "generate":
+    sys.exit("error: --official reads the scripts' verdict strings from generated text: add --method generate")
+  judgements_path = args.judgements or args.output.removesuffix(".jsonl") + ".judgements.jsonl"
+  items = _rows_of(args.input)
+  done, written = _done_ids(judgements_path), _done_ids(args.output)
+  pending = [item for item in items if item["id"] not in done]
+  model, tokenizer = _load(args.model, args.dtype)
+  options, root = _options(args, args.resize), _root(args)
+  judges = [Judge(model, tokenizer, args.task, mode, method=args.method, variant="dpo", swap=args.swap and mode == "pair",
+                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, options=options)
+            for mode in ("pair", "point")]
+  builder = PairBuilder(*judges, official=args.official)
+  policy = _load(args.policy, args.dtype) if args.policy else None
+  counts = dict.fromkeys(("kept", "tied", "undecided", "errors", "tied_pairs", "unreadable_pairs",
+                          "unreadable_scores"), 0)
+  with open(args.output, "a", encoding="utf-8") as out, open(judgements_path, "a", encoding="utf-8") as log, \
+      tqdm(total=len(pending), unit="prompt", desc="building pairs") as bar:
+    for start in range(0, len(pending), args.prompts_per_batch):
+      chunk = pending[start:start + args.prompts_per_batch]
+      if policy is not None:
+        need = [item for item in chunk if "candidates" not in item and "error" not in item]
+        sampled = sample_answers(*policy, need, args.task, args.num_candidates, args.temperature,
+                                 args.max_new_tokens, args.seed, root=root) if need else []
+        for item, answers in zip(need, sampled):
+          item.update({"candidates": answers} if isinstance(answers, list) else {"error": answers})
+      readable = [item for item in chunk if "error" not in item]
+      built = iter(builder.build(readable, root))
+      for item in chunk:
+        kept, entry = (None, {"id": item["id"], "error": item["error"]}) if "error" in item else next(built)
+        if kept is not None and kept["id"] not in written:
+          out.write(json.dumps(kept, ensure_ascii=False) + "\n")
+        if "error" in entry:
+          counts["errors"] += 1
+        else:
+          counts[entry["reason"]] += 1
+          for key in ("tied_pairs", "unreadable_pairs", "unreadable_scores"):
+            counts[key] += entry[key]
+        log.write(json.dumps(entry | {"candidates": item.get("candidates")}, ensure_ascii=False) + "\n")
+      out.flush()
+      log.flush()
+      bar.update(len(chunk))
+  print(f"{counts['kept']} pairs kept, {counts['tied']} prompts dropped as tied, {counts['undecided']} undecided, "
+        f"{counts['errors']} with errors; {counts['tied_pairs']} tied and {counts['unreadable_pairs']} unreadable "
+        f"verdicts, {counts['unreadable_scores']} unreadable scores; {len(items) - len(pending)} prompts already in "
+        f"{judgements_path}", file=sys.stderr)
+  return 0
+
+
 def _rows_of(path: str) -> list[dict]:
   rows, duplicates = _read_rows(path)
   if duplicates:
@@ -168,9 +232,25 @@ def _parser() -> argparse.ArgumentParser:
   evaluate.add_argument("--seed", type=int, default=0, help="seed of the position randomisation")
   evaluate.add_argument("--official", action="store_true",
                         help="score generated text with the official scripts' string rules (needs --method generate)")
-  for command in (score, evaluate):
-    _judging_arguments(command)
   evaluate.set_defaults(run=_eval)
+
+  build = commands.add_parser("build-pairs", help="judge candidates and keep one preference pair per prompt")
+  build.add_argument("--task", required=True, choices=prompts.TASKS)
+  build.add_argument("--judgements", default=None,
+                     help="every prompt's verdicts, scores and selection (default: OUTPUT.judgements.jsonl)")
+  build.add_argument("--official", action="store_true",
+                     help="read and select as the released scripts do (needs --method generate)")
+  build.add_argument("--policy", default=None,
+                     help="converted LLaVA policy folder to sample answers from, for items without candidates")
+  build.add_argument("--num-candidates", type=int, default=10)
+  build.add_argument("--temperature", type=float, default=0.7)
+  build.add_argument("--seed", type=int, default=0)
+  build.add_argument("--prompts-per-batch", type=int, default=4)
+  build.set_defaults(run=_build_pairs)
+  for command in (score, evaluate, build):
+    _judging_arguments(command)
+  # The sifting scripts judge images and frames resized to 512².
+  build.set_defaults(resize=512)
   return parser
 
 
@@ -184,7 +264,8 @@ def _judging_arguments(command: argparse.ArgumentParser) -> None:
   command.add_argument("--max-new-tokens", type=int, default=1024, help="token limit of the generate method")
   command.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
   command.add_argument("--resize", type=int, default=None,
-                       help="resize images and frames to this square first (eval: the benchmark script's size)")
+                       help="resize images and frames to this square first (eval: the benchmark script's size; "
+                            "build-pairs: 512, as the sifting scripts)")
   command.add_argument("--pair-layout", default="anyres", choices=inputs.PAIR_LAYOUTS)
   command.add_argument("--video-layout", default="frames", choices=inputs.VIDEO_LAYOUTS)
   command.add_argument("--media-root", default=None, help="folder of relative media paths (default: the input's)")
@@ -194,8 +275,9 @@ def _judging_arguments(command: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if getattr(args, "batch_size", 1) < 1:
-    sys.exit("error: --batch-size must be at least 1")
+  for name in ("batch_size", "prompts_per_batch", "num_candidates"):
+    if getattr(args, name, 1) < 1:
+      sys.exit(f"error: --{name.replace('_', '-')} must be at least 1")
   try:
     return args.run(args)
   except ValueError as e:

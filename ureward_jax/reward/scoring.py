@@ -133,6 +133,18 @@ def trie_logprobs(module: LlavaOnevision, params: Any, input_ids: jax.Array, att
   return node_logp, jnp.log(-jnp.expm1(jnp.minimum(continued, -1e-30)))
 
 
+def end_token_ids(tokenizer: tokenizers.Tokenizer) -> list[int]:
+  """The ids of the chat format's end tokens that the tokenizer has."""
+  return [i for i in (tokenizer.token_to_id(t) for t in END_TOKENS) if i is not None]
+
+
+def answer_text(tokenizer: tokenizers.Tokenizer, tokens: Sequence[int], end_ids: Sequence[int]) -> str:
+  """The text of generated `tokens` up to (without) the first end token."""
+  tokens = [int(t) for t in tokens]
+  ends = [j for j, t in enumerate(tokens) if t in end_ids]
+  return tokenizer.decode(tokens[:ends[0]] if ends else tokens)
+
+
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
@@ -175,7 +187,7 @@ class Judge:
     self.method, self.variant, self.swap, self.batch_size = method, variant, swap, batch_size
     self.max_new_tokens, self.options = max_new_tokens, options
     self.processor = model.config.image_processor()
-    self.end_ids = [i for i in (tokenizer.token_to_id(t) for t in END_TOKENS) if i is not None]
+    self.end_ids = end_token_ids(tokenizer)
     if mode == "pair":
       self.labels = sorted(self.template.verdicts, key=lambda k: (k == 0, k))   # 1, 2, then the tie
       texts = [self.template.verdicts[k] for k in self.labels]
@@ -257,9 +269,7 @@ class Judge:
                                  max_new_tokens=self.max_new_tokens, eos_token_id=self.end_ids)
     out = []
     for row in tokens[:len(prepared)]:
-      row = row.tolist()
-      ended = [j for j, t in enumerate(row) if t in self.end_ids]
-      text = self.tokenizer.decode(row[:ended[0]] if ended else row)
+      text = answer_text(self.tokenizer, row, self.end_ids)
       if self.mode == "pair":
         out.append({"winner": parse_pairwise(text), "text": text})
       else:
