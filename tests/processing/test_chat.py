@@ -5,7 +5,7 @@ import pytest
 import tokenizers
 import transformers
 
-from ureward_jax.processing.chat import IGNORE, prompt_ids, tokenize_conversation
+from ureward_jax.processing.chat import IGNORE, prompt_ids, tokenize_conversation, tokenize_preference
 from ureward_jax.processing.feature_layout import IMAGE_MARKER
 
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -86,3 +86,26 @@ def test_prompt_ends_with_the_assistant_header(tokenizer):
   text = tokenizer.decode([int(i) for i in ids if i != IMAGE_MARKER], skip_special_tokens=False)
   assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
   assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+
+
+def test_preference_labels_follow_llava_next_dpo(tokenizer):
+  """train_dpo.py::preprocess_qwen: each message labels <|im_start|>, <|im_end|> and its last newline; the answer
+  is labelled after "<|im_start|>assistant\\n"."""
+  hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+  start, end = hf.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+  newline = hf("\n").input_ids[0]
+  prompt = "<image>\nWhich is right?\nText Caption: [a red circle]"
+  (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = tokenize_preference(
+      tokenizer, prompt, "Image 1 is better than Image 2.", "Both images are equally good.")
+  want = []
+  for role, content in (("system", "You are a helpful assistant."), ("user", prompt),
+                        ("assistant", "Image 1 is better than Image 2.")):
+    head = hf(f"<|im_start|>{role}\n", add_special_tokens=False).input_ids
+    body = hf(content, add_special_tokens=False).input_ids
+    want += [start] + [IGNORE] * (len(head) - 1) + (body if role == "assistant" else [IGNORE] * len(body))
+    want += [end, newline]
+  assert chosen_labels.tolist() == want
+  assert chosen_ids.tolist().count(IMAGE_MARKER) == 1
+  prompt_part = len(want) - len(hf("Image 1 is better than Image 2.", add_special_tokens=False).input_ids) - 2
+  assert rejected_labels[:prompt_part].tolist() == chosen_labels[:prompt_part].tolist()
+  assert rejected_ids[:prompt_part].tolist() == chosen_ids[:prompt_part].tolist()

@@ -70,3 +70,64 @@ def test_chunked_logprobs_equal_unchunked():
     np.testing.assert_allclose(np.asarray(completion_logps(got, targets)), want.sum(-1), rtol=1e-5)
   mean = completion_logps(token_logprobs(logits_fn, hidden, targets, 64), targets, average=True)
   np.testing.assert_allclose(np.asarray(mean), want.sum(-1) / valid.sum(-1), rtol=1e-5)
+
+
+PAIRS = [{"id": "p1", "prompt": "What color is the circle?", "image": "a.png", "chosen": "The circle is red.",
+          "rejected": "The circle is blue."},
+         {"id": "p2", "prompt": "<image>\nHow many shapes are there?", "image": "c.png",
+          "chosen": "There are 2 shapes.", "rejected": "There is 1 shape."}]
+
+
+def preference_batch(model, tokenizer, media, records=PAIRS):
+  from ureward_jax.data.examples import ExampleConfig, make_preference_example
+  from ureward_jax.data.pipeline import MODEL_KEYS
+  from ureward_jax.data.sources import Record
+  cfg = ExampleConfig.for_model(model.config, 640, 17)
+  examples = [make_preference_example(Record(r, media, "test"), i, cfg, tokenizer) for i, r in enumerate(records)]
+  return {k: np.concatenate([e[k] for e in examples]) for k in MODEL_KEYS}, examples
+
+
+def test_sequence_logps_equal_transformers(checkpoint):
+  import torch
+  from PIL import Image
+
+  from tests.tiny_llava import FULL, max_rel
+  from ureward_jax.train.dpo import sequence_logps
+  hf, model, tokenizer, _, media = checkpoint
+  batch, _ = preference_batch(model, tokenizer, media)
+  ours, _, _ = sequence_logps(model.module, model.params, {k: jnp.asarray(v) for k, v in batch.items()})
+  want = []
+  for row in range(4):
+    record = PAIRS[row // 2]
+    pixels = model.config.image_processor()([Image.open(f"{media}/{record['image']}")])
+    n = int(batch["attention_mask"][row].sum())
+    ids, labels = batch["input_ids"][row, :n], batch["labels"][row, :n]
+    with torch.no_grad():
+      logits = hf(input_ids=torch.tensor(ids[None], dtype=torch.long),
+                  pixel_values=torch.tensor(pixels["pixel_values"]),
+                  image_sizes=torch.tensor(pixels["image_sizes"])).logits[0].double()
+    logp = torch.log_softmax(logits, -1)
+    want.append(sum(float(logp[t - 1, labels[t]]) for t in range(1, n) if labels[t] != -100))
+  assert batch["labels"][0].tolist() != batch["labels"][1].tolist()
+  assert max_rel(np.asarray(ours), want) <= FULL, (np.asarray(ours), want)
+
+
+def test_a_few_dpo_steps_raise_the_margin(checkpoint):
+  import optax
+
+  from ureward_jax.train.dpo import make_dpo_step
+  _, model, tokenizer, _, media = checkpoint
+  batch, _ = preference_batch(model, tokenizer, media)
+  batch = {k: jnp.asarray(v)[None] for k, v in batch.items()}   # one micro-batch of two pairs
+  optimizer = optax.adamw(1e-3)
+  step = jax.jit(make_dpo_step(model.module, optimizer, beta=0.5), donate_argnums=(0, 1))
+  reference = jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.params)
+  params = jax.tree.map(jnp.copy, model.params)
+  opt_state = optimizer.init(params)
+  history = []
+  for _ in range(12):
+    params, opt_state, metrics = step(params, opt_state, batch, reference)
+    history.append({k: float(v) for k, v in metrics.items()})
+  assert abs(history[0]["rewards_margin"]) < 0.05   # the policy starts as the reference (up to bf16)
+  assert history[-1]["rewards_margin"] > 1.0 and history[-1]["rewards_accuracy"] == 1.0
+  assert history[-1]["loss"] < history[0]["loss"] - 0.3

@@ -23,7 +23,7 @@ import tokenizers
 from PIL import Image, UnidentifiedImageError
 
 from ureward_jax.data.sources import Record
-from ureward_jax.processing.chat import IGNORE, tokenize_conversation
+from ureward_jax.processing.chat import IGNORE, tokenize_conversation, tokenize_preference
 from ureward_jax.processing.feature_layout import IMAGE_MARKER, LayoutConfig, VisualItem, item_layout
 from ureward_jax.processing.image import ImageProcessor
 from ureward_jax.processing.video import frame_indices, read_frames
@@ -114,7 +114,33 @@ def make_example(record: Record, index: int, cfg: ExampleConfig, tokenizer: toke
     ids, labels = tokenize_conversation(tokenizer, conversations, assistant_only=cfg.assistant_only)
   except ValueError as e:
     raise BadRecord(str(e)) from None
+  return _expand(ids, labels, visual_inputs(record, cfg), index, cfg)
+
+
+def make_preference_example(record: Record, index: int, cfg: ExampleConfig,
+                            tokenizer: tokenizers.Tokenizer) -> dict[str, Any]:
+  """A DPO record's chosen and rejected examples, stacked on a leading axis of 2; raises BadRecord.
+
+  The record: {"id", "prompt", "chosen", "rejected", "image" | "images" | "video"} (the pair-construction output);
+  a prompt without `<image>` markers gets one "<image>\n" per visual input in front, as LLaVA's DPO data loader
+  adds them. Labels follow `tokenize_preference`.
+  """
+  data = record.data
+  texts = [data.get(key) for key in ("prompt", "chosen", "rejected")]
+  if not all(isinstance(t, str) and t.strip() for t in texts):
+    raise BadRecord("a preference record needs non-empty 'prompt', 'chosen' and 'rejected'")
   visuals = visual_inputs(record, cfg)
+  prompt = texts[0] if "<image>" in texts[0] else "<image>\n" * len(visuals) + texts[0]
+  try:
+    pair = tokenize_preference(tokenizer, prompt, *texts[1:])
+  except ValueError as e:
+    raise BadRecord(str(e)) from None
+  examples = [_expand(ids, labels, visuals, index, cfg) for ids, labels in pair]
+  return {key: np.stack([e[key] for e in examples]) for key in examples[0]}
+
+
+def _expand(ids: np.ndarray, labels: np.ndarray, visuals: list, index: int, cfg: ExampleConfig) -> dict[str, Any]:
+  """The fixed-shape example of tokenised text with markers and its visual inputs; raises BadRecord."""
   markers = int(np.sum(ids == IMAGE_MARKER))
   if markers != len(visuals):
     raise BadRecord(f"{markers} <image> markers in the text for {len(visuals)} visual inputs")

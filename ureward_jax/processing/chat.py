@@ -6,7 +6,8 @@ frame), to be expanded into the item's visual tokens by `feature_layout`.
 
 Labels (LLaVA-NeXT's rule): the whole assistant message, and also every `\\n` token (id 198 in Qwen2),
 `<|im_start|>` and `<|im_end|>` anywhere in the sequence, system and user turns included; everything else IGNORE.
-`assistant_only=True` labels just the assistant messages.
+`assistant_only=True` labels just the assistant messages. `tokenize_preference` gives a DPO pair the labels of
+LLaVA-NeXT's `train_dpo.py::preprocess_qwen` instead.
 
 Tokenizers are `tokenizers.Tokenizer` objects (`tokenizer.json` of a checkpoint folder, or the shapes world's).
 """
@@ -82,3 +83,33 @@ def prompt_ids(tokenizer: tokenizers.Tokenizer, user_text: str, system_message: 
   ids = _message_ids(tokenizer, "system", system_message) + _message_ids(tokenizer, "user", user_text)
   ids += tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False).ids
   return np.asarray(_markers(tokenizer, ids), np.int32)
+
+
+def _dpo_labels(tokenizer: tokenizers.Tokenizer, role: str, ids: list[int]) -> list[int]:
+  """Every message's `<|im_start|>`, `<|im_end|>` and last `\n`; also the answer after `<|im_start|>assistant\n`."""
+  if role != "assistant":
+    return [ids[0]] + [IGNORE] * (len(ids) - 3) + ids[-2:]
+  head = len(tokenizer.encode("<|im_start|>assistant\n", add_special_tokens=False).ids)
+  return [ids[0]] + [IGNORE] * (head - 1) + ids[head:]
+
+
+def tokenize_preference(tokenizer: tokenizers.Tokenizer, prompt: str, chosen: str, rejected: str,
+                        system_message: str = SYSTEM_MESSAGE) -> list[tuple[np.ndarray, np.ndarray]]:
+  """[(ids, labels) of the chosen conversation, (ids, labels) of the rejected one], (T,) int32 each.
+
+  The user message is `prompt` (with its `<image>` markers), the answer `chosen` or `rejected`. Labels follow
+  LLaVA-NeXT's DPO rule: the whole answer plus each message's `<|im_start|>`, `<|im_end|>` and final newline;
+  the prompt-side labels are the same in both and cancel in the DPO margin.
+  """
+  out = []
+  for answer in (chosen, rejected):
+    ids, labels = [], []
+    for role, content in (("system", system_message), ("user", prompt), ("assistant", answer)):
+      message = _message_ids(tokenizer, role, content)
+      ids += message
+      labels += _dpo_labels(tokenizer, role, message)
+    ids = _markers(tokenizer, ids)
+    labels = [IGNORE if i == IMAGE_MARKER else label for i, label in zip(ids, labels)]
+    out.append((np.asarray(ids, np.int32), np.asarray(labels, np.int32)))
+  return out
+
