@@ -170,9 +170,9 @@ def _build_pairs(args) -> int:
   pending = [item for item in items if item["id"] not in done]
   model, tokenizer = _load(args.model, args.dtype)
   options, root = _options(args, args.resize), _root(args)
-  judges = [Judge(model, tokenizer, args.task, mode, method=args.method, variant="dpo", swap=args.swap and mode == "pair",
-                  batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, options=options)
-            for mode in ("pair", "point")]
+  judges = [Judge(model, tokenizer, args.task, mode, method=args.method, variant="dpo",
+                  swap=args.swap and mode == "pair", batch_size=args.batch_size,
+                  max_new_tokens=args.max_new_tokens, options=options) for mode in ("pair", "point")]
   builder = PairBuilder(*judges, official=args.official)
   policy = _load(args.policy, args.dtype) if args.policy else None
   counts = dict.fromkeys(("kept", "tied", "undecided", "errors", "tied_pairs", "unreadable_pairs",

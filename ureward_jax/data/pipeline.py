@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import tokenizers
 
-from ureward_jax.data.examples import BadRecord, ExampleConfig, empty_example, make_example
+from ureward_jax.data.examples import BadRecord, ExampleConfig, empty_example, make_example, make_preference_example
 from ureward_jax.data.sources import Record
 
 TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "positions")
@@ -32,10 +32,11 @@ MODEL_KEYS = TOKEN_KEYS + ("pixels",) + VISUAL_ROW_KEYS
 
 
 class BuildExample(grain.transforms.Map):
-  """index → example; runs in the loading workers, which load the tokenizer once each."""
+  """index → example (a preference record: its chosen and rejected examples stacked); runs in the loading workers,
+  which load the tokenizer once each."""
 
-  def __init__(self, records: Sequence[Record], cfg: ExampleConfig, tokenizer_file: str):
-    self.records, self.cfg, self.tokenizer_file = records, cfg, tokenizer_file
+  def __init__(self, records: Sequence[Record], cfg: ExampleConfig, tokenizer_file: str, preference: bool = False):
+    self.records, self.cfg, self.tokenizer_file, self.preference = records, cfg, tokenizer_file, preference
     self._tokenizer = None
 
   def __getstate__(self):
@@ -45,11 +46,13 @@ class BuildExample(grain.transforms.Map):
     if self._tokenizer is None:
       self._tokenizer = tokenizers.Tokenizer.from_file(self.tokenizer_file)
     record = self.records[index]
+    make = make_preference_example if self.preference else make_example
     try:
-      return make_example(record, index, self.cfg, self._tokenizer)
+      return make(record, index, self.cfg, self._tokenizer)
     except BadRecord as e:
       logging.warning("skipping record %s (%s of %s): %s", record.data.get("id", "?"), index, record.source, e)
-      return empty_example(index, self.cfg)
+      empty = empty_example(index, self.cfg)
+      return {k: np.stack([v, v]) for k, v in empty.items()} if self.preference else empty
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,7 @@ class DataConfig:
   buckets: tuple[int, ...] = ()     # sequence lengths to cut batches to; max_length is always the last
   workers: int = 0                  # loading processes; 0 loads in the training process
   prefetch: int = 2
+  preference: bool = False          # DPO records: a batch of B pairs has 2B rows, chosen then rejected per pair
 
 
 def batches(records: Sequence[Record], cfg: ExampleConfig, tokenizer_file: str, data: DataConfig,
@@ -76,8 +80,10 @@ def batches(records: Sequence[Record], cfg: ExampleConfig, tokenizer_file: str, 
   buckets = tuple(sorted(b for b in set(data.buckets) if b < cfg.max_length)) + (cfg.max_length,)
   ds = grain.MapDataset.range(len(records)).seed(data.seed).shuffle().repeat(data.num_epochs)
   ds = ds[process_index::process_count]
-  ds = ds.map(BuildExample(records, cfg, tokenizer_file)).batch(data.global_batch // process_count,
-                                                                  drop_remainder=True)
+  ds = ds.map(BuildExample(records, cfg, tokenizer_file, data.preference)).batch(
+      data.global_batch // process_count, drop_remainder=True)
+  if data.preference:   # (B, 2, ...) → (2B, ...): rows alternate chosen, rejected
+    ds = ds.map(lambda batch: {k: v.reshape(-1, *v.shape[2:]) for k, v in batch.items()})
   ds = ds.map(lambda batch: _cut_to_bucket(batch, buckets))[start:]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if data.workers else 1, prefetch_buffer_size=data.prefetch))
   if data.workers:

@@ -327,6 +327,39 @@ def generate(out_dir, num_per_task: int = 256, split: str = "train", seed: int =
   return counts
 
 
+def generate_preference(out_dir, num_per_task: int = 256, split: str = "train", seed: int = 0, image_size: int = 32,
+                        num_frames: int = 4) -> dict[str, int]:
+  """Writes DPO records for image and video understanding: the right answer chosen, a wrong one rejected.
+
+  Layout under out_dir: media/<split>/<task>_dpo/, <split>/<task>_dpo.json (records in the form `ureward
+  build-pairs` writes: {"id", "image" | "video", "prompt", "chosen", "rejected"}, paths relative to out_dir) and
+  <split>_dpo.yaml, the mixture of both; returns {"<task>_dpo": record count}. Same arguments, byte-identical files.
+  """
+  out_dir = pathlib.Path(out_dir)
+  (out_dir / split).mkdir(parents=True, exist_ok=True)
+  counts = {}
+  for t, task in enumerate(("image_understanding", "video_understanding")):
+    rng = np.random.default_rng([seed, t, 7, len(split), *split.encode()])
+    writer = _Writer(out_dir, split, seed, task, "dpo", num_frames)
+    records = []
+    for i in range(num_per_task):
+      if task == "image_understanding":
+        scene = _scene(rng, image_size)
+        question, right, wrong = _image_question(rng, scene)
+        media = {"image": writer.image(_draw(scene, image_size), f"{i:06d}")}
+      else:
+        video = _random_video(rng, image_size)
+        question, right, wrong = _video_question(rng, video)
+        media = {"video": _folder(writer.video(video.frames(image_size, num_frames), f"{i:06d}"))}
+      records.append({"id": f"{writer.id_prefix}-{i:06d}", **media, "prompt": question, "chosen": right,
+                      "rejected": wrong})
+    (out_dir / f"{split}/{task}_dpo.json").write_text(json.dumps(records, indent=1) + "\n")
+    counts[f"{task}_dpo"] = len(records)
+  (out_dir / f"{split}_dpo.yaml").write_text("datasets:\n" + "".join(
+      f"  - json_path: {split}/{name}.json\n    sampling_strategy: all\n    image_folder: .\n" for name in counts))
+  return counts
+
+
 def _world_texts() -> list[str]:
   """Every word a record of the world can hold, in the positions they take (a sample of each sentence form)."""
   words = [*COLORS, *SHAPES, *DIRECTIONS, *string.digits]

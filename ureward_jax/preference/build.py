@@ -26,7 +26,7 @@ from ureward_jax.reward import inputs, prompts
 from ureward_jax.reward.parsing import parse_pairwise_official, parse_pointwise_official
 from ureward_jax.reward.scoring import Judge, answer_text, end_token_ids
 
-# The sifting scripts that keep scores as strings (`../shared/reference` §13 #2).
+# The sifting scripts that keep scores as strings: video understanding's and both diffusion ones.
 STRING_SCORE_TASKS = ("video_understanding", "image_generation", "video_generation")
 
 

@@ -1,4 +1,4 @@
-"""UnifiedReward's rule for turning judged candidates into one preference pair (`../shared/reference` §7.1).
+"""UnifiedReward's rule for turning judged candidates into one preference pair (its `*sift*` scripts).
 
 The N candidates of a prompt are judged as N / 2 pairs (0 vs 1, 2 vs 3, ...) and each is also point-scored. The
 pair winners form the chosen pool and the losers the rejected pool; the final pair is the best-scored winner against

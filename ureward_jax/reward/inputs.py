@@ -7,9 +7,9 @@ Rows (dicts, as `ureward score` reads them from JSONL):
 An image is a path (any format PIL reads), a PIL image or an (H, W, 3) uint8 array; a video is a file (PyAV), a
 folder of frame images, or an (F, H, W, 3) uint8 array. Relative paths are taken from `root`.
 
-Layouts (`../shared/reference/unifiedreward.md` §2.3, §13 #5–6): the reference inference and evaluation scripts that
-produced the published numbers give every image of a pair its full anyres tiling (`pair_layout="anyres"`) and feed
-a video as its frames, one `<image>` and one plain tile each (`video_layout="frames"`). LLaVA-NeXT's trainer
+Layouts: the reference inference and evaluation scripts that produced the published numbers give every image of a
+pair its full anyres tiling (`pair_layout="anyres"`) and feed a video as its frames, one `<image>` and one plain
+tile each (`video_layout="frames"`). LLaVA-NeXT's trainer
 instead pads pair images to one square tile (`"pad"`) and pools a video's frames behind one `<image>`
 (`"pooled"`): the layouts of a model trained here (the shapes demo).
 """

@@ -2,9 +2,9 @@
 
 `parse_pairwise` → 1 or 2 (that input is better), 0 (a tie), or None when the text states no verdict or several;
 `parse_pointwise` → the number after the last "Final Score:" as a float, or None. The official scripts instead turn
-an unreadable answer into "1 wins" or a score of 0 and read "3.7" as 3 (`../shared/reference` §4.1): those would
-silently bias rankings, so a None here is reported by the callers and counted, not resolved. The `*_official`
-functions reproduce the scripts' rules, for regenerating their preference data exactly.
+an unreadable answer into "1 wins" or a score of 0 and read "3.7" as 3: those would silently bias rankings, so a
+None here is reported by the callers and counted, not resolved. The `*_official` functions reproduce the scripts'
+rules, for regenerating their preference data exactly.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def parse_pointwise(text: str) -> float | None:
 
 
 def parse_pairwise_official(text: str, task: str) -> int:
-  """The released preference-construction scripts' reading of a verdict: never None (`../shared/reference` §4.1).
+  """The released preference-construction scripts' reading of a verdict: never None.
 
   Generation sifting: 2 when the text holds "Image 2 is better than Image 1" (or the Video form), else 1 (ties and
   unreadable answers included). Understanding: the text after the last "Overall Judgment" up to its first "."; 2

@@ -1,5 +1,5 @@
 """Direct preference optimisation for the vision-language policy (TRL's `DPOTrainer.dpo_loss`, as UnifiedReward's
-vendored copy computes it; `../shared/reference/models.md` §7.1).
+vendored copy in `trl/trainer/dpo_trainer.py` computes it).
 
 With Δ = (log π(y_c) − log π(y_r)) − (log π_ref(y_c) − log π_ref(y_r)), log-probabilities summed over the labelled
 completion tokens (averaged for ipo):

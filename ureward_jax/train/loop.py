@@ -71,8 +71,9 @@ class Loop:
           raise NonFiniteLoss(f"loss is {loss} at step {state.step}; the batch held records {ids}")
         stats = batch_stats(batch)
         skipped_ids += self.record_ids(stats.pop("bad_indices"))
+        extra = {k: float(v) for k, v in metrics.items() if k not in ("loss", "grad_norm")}
         window.append(dict(loss=loss, grad_norm=float(metrics["grad_norm"]), tokens=int(batch["attention_mask"].sum()),
-                           flops=self.flops(batch), **stats))
+                           flops=self.flops(batch), extra=extra, **stats))
         if state.step % self.log_every == 0 or state.step == self.num_steps:
           self._log(state.step, window, time.perf_counter() - start, skipped_ids)
           progress.set_postfix(loss=f"{loss:.4f}")
@@ -93,6 +94,8 @@ class Loop:
     row = dict(loss=float(np.mean([w["loss"] for w in window])), grad_norm=window[-1]["grad_norm"],
                learning_rate=float(self.learning_rate(step - 1)), tokens_per_second=total("tokens") / seconds,
                skipped_records=total("bad"), truncated_samples=total("truncated"), seconds_per_step=seconds / len(window))
+    for key in window[-1]["extra"]:   # further scalars of the step (DPO rewards), averaged like the loss
+      row[key] = float(np.mean([w["extra"][key] for w in window]))
     if self.peak_flops:
       row["mfu"] = total("flops") / seconds / (self.peak_flops * jax.device_count())
     if skipped_ids:
