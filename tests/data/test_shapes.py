@@ -177,6 +177,23 @@ def test_understanding_ground_truth_is_in_the_pixels(root, monkeypatch):
         assert r["score"] == prompts.template(task, "point").score_range[truths[0]], r["id"]
 
 
+def test_preference_records_choose_what_the_pixels_show(tmp_path, monkeypatch):
+  counts = shapes.generate_preference(tmp_path, num_per_task=24, seed=3)
+  assert counts == {"image_understanding_dpo": 24, "video_understanding_dpo": 24}
+  again = tmp_path / "again"
+  shapes.generate_preference(again, num_per_task=24, seed=3)
+  assert (tmp_path / "train/video_understanding_dpo.json").read_bytes() == \
+      (again / "train/video_understanding_dpo.json").read_bytes()
+  mixture = yaml.safe_load((tmp_path / "train_dpo.yaml").read_text())["datasets"]
+  assert [d["json_path"] for d in mixture] == ["train/image_understanding_dpo.json", "train/video_understanding_dpo.json"]
+  monkeypatch.chdir(tmp_path)
+  for task in ("image_understanding", "video_understanding"):
+    for r in json.loads((tmp_path / f"train/{task}_dpo.json").read_text()):
+      frames = media_paths(r)
+      seen = {"motion": video_motion(frames)} if task == "video_understanding" else {"found": blobs(frames[0])}
+      assert statement_holds(r["chosen"], **seen) and not statement_holds(r["rejected"], **seen), r["id"]
+
+
 def test_tokenizer_encodes_every_record_and_decodes_it_back(root):
   tokenizer = shapes.shapes_tokenizer()
   assert 300 <= tokenizer.get_vocab_size() <= 2000

@@ -275,15 +275,19 @@ def _video_question(rng, video: _Video) -> tuple[str, str, str]:
   return f"What color is the {video.kind}?", f"The {video.kind} is {video.color}.", f"The {video.kind} is {wrong}."
 
 
-def _understanding(rng, w: _Writer, i: int, image_size: int) -> dict:
+def _question_item(rng, w: _Writer, i: int, image_size: int) -> tuple[dict, str, str, str]:
+  """(media, question, right answer, wrong answer) of one drawn image or video of an understanding task."""
   if w.task == "image_understanding":
     scene = _scene(rng, image_size)
     question, right, wrong = _image_question(rng, scene)
-    media = {"image": w.image(_draw(scene, image_size), f"{i:06d}")}
-  else:
-    video = _random_video(rng, image_size)
-    question, right, wrong = _video_question(rng, video)
-    media = {"video": _folder(w.video(video.frames(image_size, w.num_frames), f"{i:06d}"))}
+    return {"image": w.image(_draw(scene, image_size), f"{i:06d}")}, question, right, wrong
+  video = _random_video(rng, image_size)
+  question, right, wrong = _video_question(rng, video)
+  return {"video": _folder(w.video(video.frames(image_size, w.num_frames), f"{i:06d}"))}, question, right, wrong
+
+
+def _understanding(rng, w: _Writer, i: int, image_size: int) -> dict:
+  media, question, right, wrong = _question_item(rng, w, i, image_size)
   if w.mode == "pair":
     winner = int(rng.integers(1, 3))
     first, second = (right, wrong) if winner == 1 else (wrong, right)
@@ -343,14 +347,7 @@ def generate_preference(out_dir, num_per_task: int = 256, split: str = "train", 
     writer = _Writer(out_dir, split, seed, task, "dpo", num_frames)
     records = []
     for i in range(num_per_task):
-      if task == "image_understanding":
-        scene = _scene(rng, image_size)
-        question, right, wrong = _image_question(rng, scene)
-        media = {"image": writer.image(_draw(scene, image_size), f"{i:06d}")}
-      else:
-        video = _random_video(rng, image_size)
-        question, right, wrong = _video_question(rng, video)
-        media = {"video": _folder(writer.video(video.frames(image_size, num_frames), f"{i:06d}"))}
+      media, question, right, wrong = _question_item(rng, writer, i, image_size)
       records.append({"id": f"{writer.id_prefix}-{i:06d}", **media, "prompt": question, "chosen": right,
                       "rejected": wrong})
     (out_dir / f"{split}/{task}_dpo.json").write_text(json.dumps(records, indent=1) + "\n")
