@@ -11,7 +11,7 @@ from configs import demo as demo_config
 from launch.train import train
 from ureward_jax.data import shapes
 
-STEPS = 12
+STEPS = 8
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def config_for(data, workdir, steps=STEPS):
   c.dpo = dict(beta=0.5, loss_type="sigmoid", label_smoothing=0.0, gamma=0.0, reference_dtype="float32")
   # A constant rate, so that a run stopped early by a smaller num_steps follows the same schedule.
   c.optim.update(lr=1e-3, warmup_ratio=0.0, schedule="constant")
-  c.checkpoint.update(every=6, keep=2)
+  c.checkpoint.update(every=4, keep=2)
   return c
 
 
@@ -59,7 +59,7 @@ def test_dpo_run_logs_rewards_and_raises_the_margin(whole):
 
 
 def test_resumed_dpo_run_matches_an_uninterrupted_one(data, whole, tmp_path):
-  train(config_for(data, tmp_path / "split", steps=6))
+  train(config_for(data, tmp_path / "split", steps=4))
   train(config_for(data, tmp_path / "split"))
   split = metrics(tmp_path / "split")
   assert [r["step"] for r in split] == list(range(1, STEPS + 1))

@@ -82,7 +82,7 @@ def preference_batch(model, tokenizer, media, records=PAIRS):
   from ureward_jax.data.examples import ExampleConfig, make_preference_example
   from ureward_jax.data.pipeline import MODEL_KEYS
   from ureward_jax.data.sources import Record
-  cfg = ExampleConfig.for_model(model.config, 640, 17)
+  cfg = ExampleConfig.for_model(model.config, 256, 8)
   examples = [make_preference_example(Record(r, media, "test"), i, cfg, tokenizer) for i, r in enumerate(records)]
   return {k: np.concatenate([e[k] for e in examples]) for k in MODEL_KEYS}, examples
 
@@ -110,24 +110,3 @@ def test_sequence_logps_equal_transformers(checkpoint):
     want.append(sum(float(logp[t - 1, labels[t]]) for t in range(1, n) if labels[t] != -100))
   assert batch["labels"][0].tolist() != batch["labels"][1].tolist()
   assert max_rel(np.asarray(ours), want) <= FULL, (np.asarray(ours), want)
-
-
-def test_a_few_dpo_steps_raise_the_margin(checkpoint):
-  import optax
-
-  from ureward_jax.train.dpo import make_dpo_step
-  _, model, tokenizer, _, media = checkpoint
-  batch, _ = preference_batch(model, tokenizer, media)
-  batch = {k: jnp.asarray(v)[None] for k, v in batch.items()}   # one micro-batch of two pairs
-  optimizer = optax.adamw(1e-3)
-  step = jax.jit(make_dpo_step(model.module, optimizer, beta=0.5), donate_argnums=(0, 1))
-  reference = jax.tree.map(lambda x: x.astype(jnp.bfloat16), model.params)
-  params = jax.tree.map(jnp.copy, model.params)
-  opt_state = optimizer.init(params)
-  history = []
-  for _ in range(12):
-    params, opt_state, metrics = step(params, opt_state, batch, reference)
-    history.append({k: float(v) for k, v in metrics.items()})
-  assert abs(history[0]["rewards_margin"]) < 0.05   # the policy starts as the reference (up to bf16)
-  assert history[-1]["rewards_margin"] > 1.0 and history[-1]["rewards_accuracy"] == 1.0
-  assert history[-1]["loss"] < history[0]["loss"] - 0.3
