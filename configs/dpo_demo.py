@@ -9,6 +9,7 @@ def get_config():
   c = demo.get_config()
   c.data.update(batch_size=8, max_length=128, buckets=())
   c.train.update(objective="dpo", num_steps=200, log_every=25)
-  c.dpo = dict(beta=0.5, loss_type="sigmoid", label_smoothing=0.0, gamma=0.0, reference_dtype="bfloat16")
+  c.dpo = dict(beta=0.5, loss_type="sigmoid", label_smoothing=0.0, gamma=0.0, reference="step",
+                reference_dtype="bfloat16")
   c.optim.update(lr=1e-3, warmup_ratio=0.05, projector_lr=None, vision_tower_lr=None)
   return c

@@ -1,7 +1,8 @@
 """DPO of LLaVA-OneVision-7B on UnifiedReward-built image-understanding pairs (UnifiedReward
 `dpo_image_understand_ov7b.sh`): β 0.1, sigmoid loss, no label smoothing or SFT term, lr 5e-7, cosine, warm-up 0.3,
 3 epochs, global batch 32 (the original: 4 GPUs × 1 × 8 accumulation steps), sequences up to 10,000 tokens, all
-parts trainable, a frozen copy of the starting model as the reference.
+parts trainable, a frozen copy of the starting model as the reference (`dpo.reference`: "step" runs it in every step,
+"precomputed" once over the data before training).
 
   python -m launch.train --config=configs/dpo_llava_ov_7b.py --config.workdir=/runs/dpo-ov \\
       --config.model.checkpoint=/ckpt/llava-ov-7b-jax --config.data.train=/data/dpo.jsonl
@@ -25,7 +26,7 @@ def get_config():
                                            logits_chunk=1024,
                                            tunable_parts=("mm_language_model", "mm_mlp_adapter", "mm_vision_tower")))
   c.dpo = ml_collections.ConfigDict(dict(beta=0.1, loss_type="sigmoid", label_smoothing=0.0, gamma=0.0,
-                                         reference_dtype="bfloat16"))
+                                         reference="step", reference_dtype="bfloat16"))
   c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=5e-7, schedule="cosine", warmup_ratio=0.3,
                                            weight_decay=0.0, clip_norm=1.0, projector_lr=None, vision_tower_lr=None))
   c.checkpoint = ml_collections.ConfigDict(dict(every=200, keep=3))

@@ -24,6 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 from ureward_jax import parallel  # noqa: E402
 from ureward_jax.data.pipeline import batch_shapes  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
+from ureward_jax.train.dpo import make_dpo_step  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
 from ureward_jax.train.step import make_sft_step  # noqa: E402
@@ -46,15 +47,19 @@ def topology_devices(name: str) -> list:
 
 
 def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = None) -> dict:
-  """Lower and compile the SFT step of `config` for `devices`; returns the report."""
+  """Lower and compile the training step of `config` (SFT, or DPO with its reference) for `devices`; returns the
+  report."""
   model = model or PRESETS[config.model.preset]
   if config.data.batch_size % config.train.grad_accum:
     raise ValueError(f"batch_size {config.data.batch_size} is not a multiple of grad_accum {config.train.grad_accum}")
+  dpo = config.train.get("objective", "sft") == "dpo"
   mesh = parallel.make_mesh(**config.mesh, devices=devices)
-  micro, shards = config.data.batch_size // config.train.grad_accum, parallel.batch_shards(mesh)
-  if micro % shards:
-    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum) cannot be split over "
-                     f"{shards} data × fsdp devices; lower grad_accum or raise batch_size")
+  # Sequences per micro-batch: a DPO pair is two, kept on one device.
+  per_sample = 2 if dpo else 1
+  micro, shards = config.data.batch_size // config.train.grad_accum * per_sample, parallel.batch_shards(mesh)
+  if micro % (shards * per_sample):
+    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, two per DPO pair) cannot be "
+                     f"split over {shards} data × fsdp devices; lower grad_accum or raise batch_size")
   module = LlavaOnevision(model, dtype=jnp.dtype(config.model.dtype), remat=config.remat)
   shardings = parallel.param_shardings(param_shapes(model, boxed=True), mesh)
   params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), param_shapes(model),
@@ -70,22 +75,36 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        jax.eval_shape(optimizer.init, params), opt_shardings)
+  extra = ()
+  if dpo:
+    d = config.dpo
+    step = make_dpo_step(module, optimizer, d.beta, d.loss_type, d.label_smoothing, d.gamma, config.train.logits_chunk)
+    if d.get("reference", "step") == "precomputed":
+      extra = (None,)
+      batch["reference_logps"] = jax.ShapeDtypeStruct(batch["input_ids"].shape[:2], jnp.float32,
+                                                      sharding=batch["input_ids"].sharding)
+    else:
+      extra = (jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(d.reference_dtype),
+                                                           sharding=p.sharding), params),)
+  else:
+    step = make_sft_step(module, optimizer, config.train.logits_chunk)
   with parallel.activation_rules(mesh):
-    step = jax.jit(make_sft_step(module, optimizer, config.train.logits_chunk),
-                   out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
-    compiled = step.lower(params, state, batch).compile()
+    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+    compiled = jitted.lower(params, state, batch, *extra).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
   per_device = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
                 - memory.alias_size_in_bytes)
   kind = devices[0].device_kind
-  tokens = config.data.batch_size * config.data.max_length
+  tokens = config.data.batch_size * per_sample * config.data.max_length
   return dict(topology=str(devices[0].platform) + f" × {len(devices)} ({kind})", devices=len(devices),
               mesh=dict(mesh.shape), parameters=param_count(params), per_device_bytes=int(per_device),
               hbm_bytes=HBM_BYTES.get(kind), fits=per_device <= HBM_BYTES.get(kind, float("inf")),
               replicated_param_fraction=parallel.replicated_fraction(params, shardings),
-              model_flops_per_step=model_flops_per_step(model, tokens, config.data.batch_size *
-                                                        config.data.patches_per_sample, config.data.max_length),
+              # A DPO step also runs the reference forward: 8 instead of 6 FLOPs per parameter and token.
+              model_flops_per_step=(4 / 3 if dpo else 1) * model_flops_per_step(
+                  model, tokens, config.data.batch_size * per_sample * config.data.patches_per_sample,
+                  config.data.max_length),
               compile_seconds=round(seconds, 1))
 
 

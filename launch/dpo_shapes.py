@@ -32,10 +32,6 @@ from ureward_jax.train.dpo import sequence_logps  # noqa: E402
 
 TRAIN_PER_TASK, EVAL_PER_TASK = 2000, 100
 
-_WORKDIR = flags.DEFINE_string("workdir", "dpo_shapes_run", "where data, checkpoints and metrics go")
-_STEPS = flags.DEFINE_integer("steps", None, "training steps (default: configs/dpo_demo.py)")
-
-
 def held_out(config, params, eval_mixture: str, tokenizer_file: str, batch: int = 10) -> dict:
   """{task: (preference accuracy, mean margin)} of `params` against the reference (the seeded initialisation)."""
   tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
@@ -60,8 +56,9 @@ def held_out(config, params, eval_mixture: str, tokenizer_file: str, batch: int 
   return out
 
 
-def main(_):
-  workdir = os.path.abspath(_WORKDIR.value)
+def run(workdir: str, steps: int | None = None) -> dict:
+  """Generate the data (once), train and print the held-out table; returns {task: (accuracy, mean margin)}."""
+  workdir = os.path.abspath(workdir)
   root = os.path.join(workdir, "data")
   tokenizer_file = os.path.join(root, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
@@ -71,16 +68,20 @@ def main(_):
   config = dpo_demo.get_config()
   config.workdir = workdir
   config.data.update(train=os.path.join(root, "train_dpo.yaml"), tokenizer=tokenizer_file)
-  if _STEPS.value:
-    config.train.num_steps = _STEPS.value
+  if steps:
+    config.train.num_steps = steps
   logging.set_verbosity(logging.WARNING)
   state = train(config)
   print(f"\nheld-out preference pairs after {state.step} DPO steps:")
   print(f"{'task':<22}{'pairs':>6}{'accuracy':>10}{'chance':>8}{'mean margin':>13}")
-  for task, (accuracy, margin) in held_out(config, state.params, os.path.join(root, "eval_dpo.yaml"),
-                                            tokenizer_file).items():
+  results = held_out(config, state.params, os.path.join(root, "eval_dpo.yaml"), tokenizer_file)
+  for task, (accuracy, margin) in results.items():
     print(f"{task:<22}{EVAL_PER_TASK:>6}{accuracy:>10.1%}{0.5:>8.0%}{margin:>13.3f}")
+  return results
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # Defined here, not at import, so that tests and other entry points can import this module.
+  _WORKDIR = flags.DEFINE_string("workdir", "dpo_shapes_run", "where data, checkpoints and metrics go")
+  _STEPS = flags.DEFINE_integer("steps", None, "training steps (default: configs/dpo_demo.py)")
+  app.run(lambda _: run(_WORKDIR.value, _STEPS.value))

@@ -5,7 +5,9 @@
 The workdir receives `config.json` (the resolved config), `checkpoints/`, `metrics.jsonl`, `tensorboard/` and the
 tokenizer used. Re-running the same command resumes from the latest checkpoint; SIGTERM finishes the current step,
 saves and exits. `train.objective = "dpo"` trains on preference records (`data.examples.make_preference_example`)
-with the `dpo` settings, against a frozen reference: the starting model, kept as a copy in `dpo.reference_dtype`.
+with the `dpo` settings, against a frozen reference: the starting model, kept as a copy in `dpo.reference_dtype`
+and run in every step (`dpo.reference = "step"`), or run once over the data before training
+(`"precomputed"`, kept in workdir/reference_logps.npy).
 On a TPU slice or a GPU cluster the same command runs on every host (`launch/tpu_pod.sh`,
 `launch/gpu_slurm.sh`); `jax.distributed.initialize()` is called when the environment names several processes.
 """
@@ -26,14 +28,15 @@ import numpy as np
 import tokenizers
 from absl import app, flags, logging
 from ml_collections import config_flags
+from tqdm import tqdm
 
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.examples import ExampleConfig
-from ureward_jax.data.pipeline import DataConfig, batch_shapes, batches, to_device
+from ureward_jax.data.pipeline import MODEL_KEYS, BuildExample, DataConfig, batch_shapes, batches, to_device
 from ureward_jax.data.sources import load_mixture
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, init_params
 from ureward_jax.train.checkpoint import Checkpointer
-from ureward_jax.train.dpo import make_dpo_step
+from ureward_jax.train.dpo import make_dpo_step, sequence_logps
 from ureward_jax.train.flops import model_flops_per_step, peak_flops
 from ureward_jax.train.loop import Loop, LoopState
 from ureward_jax.train.metrics import MetricsWriter
@@ -74,6 +77,39 @@ def model_config(config, tokenizer: tokenizers.Tokenizer) -> LlavaOnevisionConfi
                      "lacks one of them")
   text = dataclasses.replace(model.text, vocab_size=tokenizer.get_vocab_size())
   return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
+
+
+def _reference_table(config, module, reference, records, example_cfg, tokenizer_file: str, micro: int, rows,
+                     mesh) -> np.ndarray:
+  """(N, 2) fp32: the reference's log-probabilities of every record's chosen and rejected answer, computed in one pass
+  over the records in order (bad records: 0) and kept in workdir/reference_logps.npy for resumed runs."""
+  path = os.path.join(config.workdir, "reference_logps.npy")
+  if os.path.exists(path):
+    table = np.load(path)
+    if table.shape != (len(records), 2):
+      raise ValueError(f"{path} holds {table.shape[0]} records' reference log-probabilities but the data has "
+                       f"{len(records)}; delete it to compute them again")
+    return table
+  if jax.process_count() > 1:
+    raise NotImplementedError("precomputed reference log-probabilities are computed on one host; run the pass "
+                              "single-host first (it writes reference_logps.npy) or use dpo.reference='step'")
+  build = BuildExample(records, example_cfg, tokenizer_file, preference=True)
+  average = config.dpo.loss_type == "ipo"
+  logps = jax.jit(lambda p, b: sequence_logps(module, p, {k: v[0] for k, v in b.items()}, config.train.logits_chunk,
+                                                average)[0])
+  pairs = micro // 2
+  table = np.zeros((len(records), 2), np.float32)
+  with parallel.activation_rules(mesh):
+    for start in tqdm(range(0, len(records), pairs), desc="reference log-probabilities", unit="batch",
+                      total=-(-len(records) // pairs)):
+      indices = [min(i, len(records) - 1) for i in range(start, start + pairs)]   # the last batch padded
+      examples = [build.map(i) for i in indices]
+      batch = {k: np.concatenate([e[k] for e in examples]) for k in MODEL_KEYS}
+      values = np.asarray(logps(reference, to_device(batch, 1, rows))).reshape(-1, 2)
+      count = min(pairs, len(records) - start)
+      table[start:start + count] = values[:count]
+  np.save(path, table)
+  return table
 
 
 def train(config: ml_collections.ConfigDict) -> LoopState:
@@ -143,13 +179,18 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   if micro % (parallel.batch_shards(mesh) * (2 if objective == "dpo" else 1)):
     raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, two per DPO pair) cannot be "
                      f"split over {parallel.batch_shards(mesh)} data × fsdp devices")
-  extra = ()
+  extra, step_inputs = (), {}
   if objective == "dpo":
     d = config.dpo
     step = make_dpo_step(module, optimizer, d.beta, d.loss_type, d.label_smoothing, d.gamma, config.train.logits_chunk)
     # The reference is the starting model, never the resumed one; a fresh copy, as the step donates the params.
     reference_dtype = jnp.dtype(d.reference_dtype)
     extra = (jax.jit(lambda p: jax.tree.map(lambda x: x.astype(reference_dtype), p), out_shardings=shardings)(params),)
+    if d.get("reference", "step") == "precomputed":
+      table = _reference_table(config, module, extra[0], records, example_cfg, tokenizer_file, micro, rows, mesh)
+      stream = map(lambda b: b | {"reference_logps": table[b["index"], np.arange(len(b["index"])) % 2]}, stream)
+      extra = (None,)
+      step_inputs = {"reference_logps": jax.ShapeDtypeStruct((accum, micro), jnp.float32, sharding=rows)}
   else:
     step = make_sft_step(module, optimizer, config.train.logits_chunk)
   jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
@@ -158,11 +199,11 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
     # Compiled before the loop, once per bucket length: no compile stalls mid-run.
     compiled = {length: jitted.lower(state.params, state.opt_state,
                                      batch_shapes(accum, micro, length, example_cfg.max_patches,
-                                                  example_cfg.processor.size, rows), *extra).compile()
+                                                  example_cfg.processor.size, rows) | step_inputs, *extra).compile()
                 for length in lengths}
 
-  # A DPO step also runs the reference forward: 8 instead of 6 FLOPs per parameter and token.
-  flops_factor = 4 / 3 if objective == "dpo" else 1.0
+  # A DPO step that runs the reference forward: 8 instead of 6 FLOPs per parameter and token.
+  flops_factor = 4 / 3 if objective == "dpo" and extra[0] is not None else 1.0
   loop = Loop(
       step_for=lambda batch: lambda p, o, b, run=compiled[batch["input_ids"].shape[1]]: run(p, o, b, *extra),
       place=functools.partial(to_device, grad_accum=accum, sharding=rows),

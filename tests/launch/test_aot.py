@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `make test`")
 
 import configs.demo as demo_config  # noqa: E402
+import configs.dpo_llava_ov_7b as dpo_config  # noqa: E402
 import configs.reward_llava_ov_7b as reward_config  # noqa: E402
 from launch.aot import compile_train_step, topology_devices  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
@@ -35,6 +36,17 @@ def test_demo_config_compiles_for_a_v5e_slice_and_fits():
   report = compile_train_step(demo_config.get_config(), topology_devices("v5e-4"))
   assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["fits"]
   assert report["parameters"] == param_count(param_shapes(PRESETS["demo_tiny"]))
+
+
+def test_dpo_config_compiles_with_its_reference():
+  """The DPO step: twice the sequences (chosen and rejected) and a bf16 reference as one more sharded argument."""
+  config = dpo_config.get_config()
+  config.data.update(batch_size=8, max_length=64, patches_per_sample=2)
+  config.train.update(grad_accum=2, num_steps=10)
+  report = compile_train_step(config, topology_devices("v5e-4"), model=CONFIG)
+  sft = compile_train_step(small_run(), topology_devices("v5e-4"), model=CONFIG)
+  assert report["fits"] and report["model_flops_per_step"] == pytest.approx(2 * 4 / 3 * sft["model_flops_per_step"])
+  assert report["per_device_bytes"] > sft["per_device_bytes"]
 
 
 def test_command_line_reports_json(tmp_path):

@@ -29,6 +29,8 @@ from ureward_jax.data.sources import Record
 TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "positions")
 VISUAL_ROW_KEYS = ("visual_src", "visual_weight", "visual_dest")
 MODEL_KEYS = TOKEN_KEYS + ("pixels",) + VISUAL_ROW_KEYS
+# Per-row inputs of a step beyond the model's: the precomputed reference log-probabilities of DPO.
+STEP_KEYS = ("reference_logps",)
 
 
 class BuildExample(grain.transforms.Map):
@@ -117,7 +119,7 @@ def to_device(batch: dict, grad_accum: int, sharding: jax.sharding.Sharding) -> 
   def put(x):
     x = x.reshape(grad_accum, x.shape[0] // grad_accum, *x.shape[1:])
     return jax.make_array_from_process_local_data(sharding, x)
-  return {key: put(batch[key]) for key in MODEL_KEYS}
+  return {key: put(batch[key]) for key in MODEL_KEYS + tuple(k for k in STEP_KEYS if k in batch)}
 
 
 def batch_stats(batch: dict) -> dict:

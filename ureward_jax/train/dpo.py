@@ -10,8 +10,9 @@ and the logged rewards β(log π − log π_ref) of the chosen and of the reject
 
 The step takes batches of preference examples (`data.examples.make_preference_example`) whose rows alternate
 chosen, rejected: both answers of a pair go through the model in the same forward pass, and a micro-batch with an
-even row count per device keeps each pair on one device. The frozen reference parameters are an argument of the
-step (not donated; a bf16 copy is enough), never closed over.
+even row count per device keeps each pair on one device. The frozen reference enters either as parameters, an
+argument of the step (not donated; a bf16 copy is enough), never closed over, or as log-probabilities computed
+once before training (`reference_logps`, a batch entry per row), which saves its forward pass in every step.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def make_dpo_step(module: LlavaOnevision, optimizer: optax.GradientTransformatio
                   logits_chunk: int = 1024):
   """step(params, opt_state, batch, reference_params) → (params, opt_state, metrics); jit it donating the first two.
 
-  batch: the SFT step's layout (A, R, ...) with rows alternating chosen, rejected. Loss = mean DPO loss + gamma ·
+  batch: the SFT step's layout (A, R, ...) with rows alternating chosen, rejected; with a "reference_logps" entry
+  (A, R) those are the reference's log-probabilities and `reference_params` may be None. Loss = mean DPO loss + gamma ·
   the SFT cross-entropy of the chosen answers (UnifiedReward: gamma 0). Metrics: loss, the mean chosen and rejected
   rewards, their margin, and the share of pairs whose chosen reward is the higher (preference accuracy).
   """
@@ -82,7 +84,10 @@ def make_dpo_step(module: LlavaOnevision, optimizer: optax.GradientTransformatio
   def loss_fn(params, reference_params, mb):
     average = loss_type == "ipo"
     policy, logprobs, targets = sequence_logps(module, params, mb, logits_chunk, average)
-    reference = jax.lax.stop_gradient(sequence_logps(module, reference_params, mb, logits_chunk, average)[0])
+    if "reference_logps" in mb:
+      reference = mb["reference_logps"]
+    else:
+      reference = jax.lax.stop_gradient(sequence_logps(module, reference_params, mb, logits_chunk, average)[0])
     losses, chosen, rejected = dpo_loss(policy[0::2], policy[1::2], reference[0::2], reference[1::2], beta,
                                         label_smoothing, loss_type)
     loss = jnp.mean(losses)
