@@ -25,8 +25,13 @@ def small_run():
   return config
 
 
-def test_tiny_model_step_compiles_for_a_v5e_slice_and_fits():
-  report = compile_train_step(small_run(), topology_devices("v5e-4"), model=CONFIG)
+@pytest.fixture(scope="module")
+def small_report():
+  return compile_train_step(small_run(), topology_devices("v5e-4"), model=CONFIG)
+
+
+def test_tiny_model_step_compiles_for_a_v5e_slice_and_fits(small_report):
+  report = small_report
   assert report["devices"] == 4 and report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   assert 0 < report["per_device_bytes"] < report["hbm_bytes"] == 16 * 2**30 and report["fits"]
   assert report["replicated_param_fraction"] < 0.02
@@ -38,13 +43,13 @@ def test_demo_config_compiles_for_a_v5e_slice_and_fits():
   assert report["parameters"] == param_count(param_shapes(PRESETS["demo_tiny"]))
 
 
-def test_dpo_config_compiles_with_its_reference():
+def test_dpo_config_compiles_with_its_reference(small_report):
   """The DPO step: twice the sequences (chosen and rejected) and a bf16 reference as one more sharded argument."""
   config = dpo_config.get_config()
   config.data.update(batch_size=8, max_length=64, patches_per_sample=2)
   config.train.update(grad_accum=2, num_steps=10)
   report = compile_train_step(config, topology_devices("v5e-4"), model=CONFIG)
-  sft = compile_train_step(small_run(), topology_devices("v5e-4"), model=CONFIG)
+  sft = small_report
   assert report["fits"] and report["model_flops_per_step"] == pytest.approx(2 * 4 / 3 * sft["model_flops_per_step"])
   assert report["per_device_bytes"] > sft["per_device_bytes"]
 

@@ -69,11 +69,12 @@ def test_resumed_dpo_run_matches_an_uninterrupted_one(data, whole, tmp_path):
 
 
 def test_precomputed_reference_gives_the_same_run(data, whole, tmp_path):
-  config = config_for(data, tmp_path / "pre")
+  config = config_for(data, tmp_path / "pre", steps=4)
   config.dpo.reference = "precomputed"
   train(config)
   table = np.load(tmp_path / "pre" / "reference_logps.npy")
   assert table.shape == (32, 2) and np.all(table < 0)
+  assert len(metrics(tmp_path / "pre")) == 4
   for a, b in zip(whole, metrics(tmp_path / "pre")):
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert a["rewards_margin"] == pytest.approx(b["rewards_margin"], rel=1e-4, abs=1e-5)
