@@ -21,13 +21,18 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch.train import (  # noqa: E402
+  flops_factor,
+  objective_of,
+  reference_in_step,
+  sequences_per_micro_batch,
+  training_step,
+)
 from ureward_jax import parallel  # noqa: E402
 from ureward_jax.data.pipeline import batch_shapes  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
-from ureward_jax.train.dpo import make_dpo_step  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
-from ureward_jax.train.step import make_sft_step  # noqa: E402
 
 GiB = 2**30
 # Public names → libtpu topology names. v5p and v4 names count TensorCores (2 per chip), v5e and v6e count chips.
@@ -52,14 +57,9 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   model = model or PRESETS[config.model.preset]
   if config.data.batch_size % config.train.grad_accum:
     raise ValueError(f"batch_size {config.data.batch_size} is not a multiple of grad_accum {config.train.grad_accum}")
-  dpo = config.train.get("objective", "sft") == "dpo"
   mesh = parallel.make_mesh(**config.mesh, devices=devices)
-  # Sequences per micro-batch: a DPO pair is two, kept on one device.
-  per_sample = 2 if dpo else 1
-  micro, shards = config.data.batch_size // config.train.grad_accum * per_sample, parallel.batch_shards(mesh)
-  if micro % (shards * per_sample):
-    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, two per DPO pair) cannot be "
-                     f"split over {shards} data × fsdp devices; lower grad_accum or raise batch_size")
+  micro = sequences_per_micro_batch(config, mesh)
+  per_sample = 2 if objective_of(config) == "dpo" else 1   # sequences per sample: a DPO pair is two
   module = LlavaOnevision(model, dtype=jnp.dtype(config.model.dtype), remat=config.remat)
   shardings = parallel.param_shardings(param_shapes(model, boxed=True), mesh)
   params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), param_shapes(model),
@@ -76,20 +76,16 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                        jax.eval_shape(optimizer.init, params), opt_shardings)
   extra = ()
-  if dpo:
-    d = config.dpo
-    step = make_dpo_step(module, optimizer, d.beta, d.loss_type, d.label_smoothing, d.gamma, config.train.logits_chunk)
-    if d.get("reference", "step") == "precomputed":
-      extra = (None,)
-      batch["reference_logps"] = jax.ShapeDtypeStruct(batch["input_ids"].shape[:2], jnp.float32,
-                                                      sharding=batch["input_ids"].sharding)
-    else:
-      extra = (jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(d.reference_dtype),
-                                                           sharding=p.sharding), params),)
-  else:
-    step = make_sft_step(module, optimizer, config.train.logits_chunk)
+  if reference_in_step(config):
+    extra = (jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(config.dpo.reference_dtype),
+                                                         sharding=p.sharding), params),)
+  elif objective_of(config) == "dpo":
+    extra = (None,)
+    batch["reference_logps"] = jax.ShapeDtypeStruct(batch["input_ids"].shape[:2], jnp.float32,
+                                                    sharding=batch["input_ids"].sharding)
   with parallel.activation_rules(mesh):
-    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+    jitted = jax.jit(training_step(config, module, optimizer), out_shardings=(shardings, opt_shardings, None),
+                     donate_argnums=(0, 1))
     compiled = jitted.lower(params, state, batch, *extra).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
@@ -101,8 +97,7 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
               mesh=dict(mesh.shape), parameters=param_count(params), per_device_bytes=int(per_device),
               hbm_bytes=HBM_BYTES.get(kind), fits=per_device <= HBM_BYTES.get(kind, float("inf")),
               replicated_param_fraction=parallel.replicated_fraction(params, shardings),
-              # A DPO step also runs the reference forward: 8 instead of 6 FLOPs per parameter and token.
-              model_flops_per_step=(4 / 3 if dpo else 1) * model_flops_per_step(
+              model_flops_per_step=flops_factor(config) * model_flops_per_step(
                   model, tokens, config.data.batch_size * per_sample * config.data.patches_per_sample,
                   config.data.max_length),
               compile_seconds=round(seconds, 1))

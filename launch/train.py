@@ -79,6 +79,45 @@ def model_config(config, tokenizer: tokenizers.Tokenizer) -> LlavaOnevisionConfi
   return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
 
 
+def objective_of(config) -> str:
+  """train.objective: "sft" (the default) or "dpo"."""
+  objective = config.train.get("objective", "sft")
+  if objective not in ("sft", "dpo"):
+    raise ValueError(f"train.objective {objective!r} is not one of 'sft', 'dpo'")
+  return objective
+
+
+def sequences_per_micro_batch(config, mesh) -> int:
+  """Sequences in one micro-batch: batch_size / grad_accum, twice that for DPO pairs, whose chosen and rejected
+  rows must share a device."""
+  per_sample = 2 if objective_of(config) == "dpo" else 1
+  micro = config.data.batch_size // config.train.grad_accum * per_sample
+  if micro % (parallel.batch_shards(mesh) * per_sample):
+    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, two per DPO pair) cannot be "
+                     f"split over {parallel.batch_shards(mesh)} data × fsdp devices; lower grad_accum or raise "
+                     "batch_size")
+  return micro
+
+
+def training_step(config, module: LlavaOnevision, optimizer):
+  """The config's step function: SFT, or DPO with its `dpo` settings (see `train.dpo.make_dpo_step`)."""
+  if objective_of(config) == "sft":
+    return make_sft_step(module, optimizer, config.train.logits_chunk)
+  d = config.dpo
+  return make_dpo_step(module, optimizer, d.beta, d.loss_type, d.label_smoothing, d.gamma, config.train.logits_chunk)
+
+
+def reference_in_step(config) -> bool:
+  """Whether each step runs the DPO reference forward (not when its log-probabilities are precomputed)."""
+  return objective_of(config) == "dpo" and config.dpo.get("reference", "step") != "precomputed"
+
+
+def flops_factor(config) -> float:
+  """Model FLOPs of a step relative to SFT's: a step running the reference forward does 8 instead of 6 per
+  parameter and token."""
+  return 4 / 3 if reference_in_step(config) else 1.0
+
+
 def _reference_table(config, module, reference, records, example_cfg, tokenizer_file: str, micro: int, rows,
                      mesh) -> np.ndarray:
   """(N, 2) fp32: the reference's log-probabilities of every record's chosen and rejected answer, computed in one pass
@@ -139,9 +178,7 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
     params, _ = parallel.init_sharded(lambda r: init_params(model, r), jax.random.key(config.seed), mesh)
   logging.info("parameters: %d; replicated bytes: %.1f%%", sum(p.size for p in jax.tree.leaves(params)),
                100 * parallel.replicated_fraction(params))
-  objective = config.train.get("objective", "sft")
-  if objective not in ("sft", "dpo"):
-    raise ValueError(f"train.objective {objective!r} is not one of 'sft', 'dpo'")
+  objective = objective_of(config)
   records = load_mixture(config.data.train, config.data.get("image_folder") or None, seed=config.seed)
   num_steps = config.train.num_steps
   if config.train.get("num_epochs"):
@@ -174,26 +211,19 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   stream = batches(records, example_cfg, tokenizer_file, data_cfg, start=next_batch)
 
   rows = parallel.data_sharding(mesh, batch_axis=1)
-  # Sequences per micro-batch: a DPO pair is two (chosen, rejected), kept on one device.
-  micro = config.data.batch_size // accum * (2 if objective == "dpo" else 1)
-  if micro % (parallel.batch_shards(mesh) * (2 if objective == "dpo" else 1)):
-    raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, two per DPO pair) cannot be "
-                     f"split over {parallel.batch_shards(mesh)} data × fsdp devices")
+  micro = sequences_per_micro_batch(config, mesh)
   extra, step_inputs = (), {}
   if objective == "dpo":
-    d = config.dpo
-    step = make_dpo_step(module, optimizer, d.beta, d.loss_type, d.label_smoothing, d.gamma, config.train.logits_chunk)
     # The reference is the starting model, never the resumed one; a fresh copy, as the step donates the params.
-    reference_dtype = jnp.dtype(d.reference_dtype)
+    reference_dtype = jnp.dtype(config.dpo.reference_dtype)
     extra = (jax.jit(lambda p: jax.tree.map(lambda x: x.astype(reference_dtype), p), out_shardings=shardings)(params),)
-    if d.get("reference", "step") == "precomputed":
+    if not reference_in_step(config):
       table = _reference_table(config, module, extra[0], records, example_cfg, tokenizer_file, micro, rows, mesh)
       stream = map(lambda b: b | {"reference_logps": table[b["index"], np.arange(len(b["index"])) % 2]}, stream)
       extra = (None,)
       step_inputs = {"reference_logps": jax.ShapeDtypeStruct((accum, micro), jnp.float32, sharding=rows)}
-  else:
-    step = make_sft_step(module, optimizer, config.train.logits_chunk)
-  jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+  jitted = jax.jit(training_step(config, module, optimizer), out_shardings=(shardings, opt_shardings, None),
+                   donate_argnums=(0, 1))
   lengths = sorted({b for b in config.data.buckets if b < config.data.max_length} | {config.data.max_length})
   with parallel.activation_rules(mesh):
     # Compiled before the loop, once per bucket length: no compile stalls mid-run.
@@ -202,13 +232,11 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
                                                   example_cfg.processor.size, rows) | step_inputs, *extra).compile()
                 for length in lengths}
 
-  # A DPO step that runs the reference forward: 8 instead of 6 FLOPs per parameter and token.
-  flops_factor = 4 / 3 if objective == "dpo" and extra[0] is not None else 1.0
   loop = Loop(
       step_for=lambda batch: lambda p, o, b, run=compiled[batch["input_ids"].shape[1]]: run(p, o, b, *extra),
       place=functools.partial(to_device, grad_accum=accum, sharding=rows),
       # Host batches are this host's share; utilisation is over the global batch and all devices.
-      flops=lambda batch: flops_factor * jax.process_count() * model_flops_per_step(
+      flops=lambda batch: flops_factor(config) * jax.process_count() * model_flops_per_step(
           model, batch["input_ids"].size, batch["pixels"].shape[0] * batch["pixels"].shape[1],
           batch["input_ids"].shape[1]),
       record_ids=lambda indices: [str(records[i].data.get("id", f"#{i}")) for i in indices],

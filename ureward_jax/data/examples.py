@@ -27,6 +27,7 @@ from ureward_jax.processing.chat import IGNORE, tokenize_conversation, tokenize_
 from ureward_jax.processing.feature_layout import IMAGE_MARKER, LayoutConfig, VisualItem, item_layout
 from ureward_jax.processing.image import ImageProcessor
 from ureward_jax.processing.video import frame_indices, read_frames
+from ureward_jax.reward import prompts
 
 
 class BadRecord(ValueError):
@@ -130,7 +131,7 @@ def make_preference_example(record: Record, index: int, cfg: ExampleConfig,
   if not all(isinstance(t, str) and t.strip() for t in texts):
     raise BadRecord("a preference record needs non-empty 'prompt', 'chosen' and 'rejected'")
   visuals = visual_inputs(record, cfg)
-  prompt = texts[0] if "<image>" in texts[0] else "<image>\n" * len(visuals) + texts[0]
+  prompt = texts[0] if "<image>" in texts[0] else prompts.user_turn(texts[0], len(visuals))
   try:
     pair = tokenize_preference(tokenizer, prompt, *texts[1:])
   except ValueError as e:

@@ -255,7 +255,8 @@ class LlavaOnevisionForConditionalGeneration:
                   **module_kwargs):
     return cls(config, params, LlavaOnevision(config, dtype=dtype, **module_kwargs), mesh)
 
-  def _rules(self):
+  def rules(self):
+    """The activation sharding rules of this model's mesh (nothing without one): wrap calls into `module` in it."""
     return parallel.activation_rules(self.mesh) if self.mesh is not None else contextlib.nullcontext()
 
   @functools.cached_property
@@ -286,7 +287,7 @@ class LlavaOnevisionForConditionalGeneration:
     if position_ids is None:
       position_ids = np.broadcast_to(np.arange(length), (batch, length))
     pixels, src, weight, dest = layout_arrays(self.config, input_ids, list(visuals))
-    with self._rules():
+    with self.rules():
       logits = self._jitted({"params": self.params}, input_ids, attention_mask, np.asarray(position_ids), pixels,
                             src, weight, dest)
     return np.asarray(logits)
@@ -308,7 +309,7 @@ class LlavaOnevisionForConditionalGeneration:
                           top_k=top_k, top_p=top_p)
     language_model = Qwen2ForCausalLM(self.config.text, dtype=self.module.dtype, param_dtype=self.module.param_dtype,
                                       attention_backend=self.module.attention_backend)
-    with self._rules():
+    with self.rules():
       embeds = self._embed({"params": self.params}, input_ids, pixels, src, weight, dest)
       tokens, _ = decode(language_model, self.params["language_model"], embeds, attention_mask,
                          jax.random.key(seed), cfg)

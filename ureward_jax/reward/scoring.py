@@ -19,7 +19,6 @@ The official scripts decode greedily (up to 4,096 tokens) and read the text; log
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from typing import Any, Sequence
@@ -29,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from ureward_jax import parallel
 from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionForConditionalGeneration, layout_arrays
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.processing.chat import prompt_ids
@@ -242,7 +240,7 @@ class Judge:
 
   def _logits(self, prepared) -> list[dict]:
     b = self._batch(prepared)
-    with self._rules():
+    with self.model.rules():
       node_logp, stop_logp = self._score(self.model.params, b.input_ids, b.attention_mask, b.positions, b.pixels,
                                          b.visual_src, b.visual_weight, b.visual_dest)
     trie = self.continuations
@@ -275,9 +273,6 @@ class Judge:
       else:
         out.append({"score": parse_pointwise(text), "text": text})
     return out
-
-  def _rules(self):
-    return parallel.activation_rules(self.model.mesh) if self.model.mesh is not None else contextlib.nullcontext()
 
   def _run(self, prepared: list) -> list[dict]:
     run = self._logits if self.method == "logits" else self._generate
