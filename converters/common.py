@@ -46,7 +46,28 @@ class StoredTensor:
     return np.memmap(self.path, dtype=self.dtype, mode="r", offset=self.offset, shape=(count,)).reshape(self.shape)
 
 
-def _read_header(path: Path) -> dict[str, StoredTensor]:
+@dataclasses.dataclass(frozen=True)
+class InMemoryTensor:
+  """An array already in memory (a loaded `.ckpt`, a module's `state_dict()`), with `StoredTensor`'s interface."""
+  array: np.ndarray
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    return tuple(self.array.shape)
+
+  @property
+  def dtype(self) -> np.dtype:
+    return self.array.dtype
+
+  def load(self) -> np.ndarray:
+    return self.array
+
+
+def in_memory(arrays: Mapping[str, np.ndarray]) -> dict[str, InMemoryTensor]:
+  return {name: InMemoryTensor(np.asarray(array)) for name, array in arrays.items()}
+
+
+def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
   with open(path, "rb") as f:
     (size,) = struct.unpack("<Q", f.read(8))
     header = json.loads(f.read(size))
@@ -77,7 +98,7 @@ def open_safetensors(folder: str | os.PathLike) -> dict[str, StoredTensor]:
   for path in files:
     if not path.exists():
       raise ConversionError(f"shard {path.name} listed in {index.name} is missing from {folder}")
-    tensors.update(_read_header(path))
+    tensors.update(read_safetensors_header(path))
   return tensors
 
 

@@ -29,3 +29,17 @@ def dense(features: int | Sequence[int], axes: Sequence[str], *, name: str | Non
   return nn.DenseGeneral(features=features, axis=contract, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype,
                          kernel_init=logical(kernel_init, axes),
                          bias_init=logical(nn.initializers.zeros, axes[-n_out:]), name=name)
+
+
+def conv(features: int, kernel_size: int, *, name: str, stride: int = 1, padding: int | None = None, dtype=None,
+         param_dtype=jnp.float32, kernel_init=default_kernel_init) -> nn.Conv:
+  """A square 2-D convolution on channels-last input, padded like torch's `Conv2d(padding=padding)`.
+
+  padding defaults to `kernel_size // 2` ("same" for odd kernels). Explicit symmetric padding, never Flax's "SAME",
+  which pads a stride-2 input on one side only. Kernel (kh, kw, in, out) with logical axes (-, -, conv_in, conv_out).
+  """
+  pad = kernel_size // 2 if padding is None else padding
+  return nn.Conv(features, (kernel_size, kernel_size), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                 dtype=dtype, param_dtype=param_dtype,
+                 kernel_init=logical(kernel_init, (None, None, "conv_in", "conv_out")),
+                 bias_init=logical(nn.initializers.zeros, ("conv_out",)), name=name)

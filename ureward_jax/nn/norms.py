@@ -27,3 +27,11 @@ def layer_norm(epsilon: float, dtype, param_dtype, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(epsilon=epsilon, dtype=dtype, param_dtype=param_dtype, use_fast_variance=False,
                       scale_init=logical(nn.initializers.ones, ("norm",)),
                       bias_init=logical(nn.initializers.zeros, ("norm",)), name=name)
+
+
+def group_norm(num_groups: int, epsilon: float, dtype, param_dtype, name: str) -> nn.GroupNorm:
+  """GroupNorm over the last (channel) axis in `num_groups` contiguous chunks, as torch's on NCHW; exact variance
+  with statistics in fp32, the given epsilon; params `scale`, `bias`."""
+  return nn.GroupNorm(num_groups=num_groups, epsilon=epsilon, dtype=dtype, param_dtype=param_dtype,
+                      use_fast_variance=False, scale_init=logical(nn.initializers.ones, ("norm",)),
+                      bias_init=logical(nn.initializers.zeros, ("norm",)), name=name)

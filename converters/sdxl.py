@@ -1,0 +1,242 @@
+"""SDXL components (diffusers UNet and VAE folders, transformers CLIP text encoders) ⇄ our checkpoint folders.
+
+  python -m converters.sdxl --src SDXL_PIPELINE_OR_COMPONENT_DIR --dst OUT_DIR [--dtype bfloat16|float32] [--variant fp16]
+  python -m converters.sdxl --src OUR_DIR --dst OUT_DIR --export diffusers
+
+A pipeline folder (`model_index.json`) becomes a folder of converted components plus its tokenizers and scheduler
+config; a component folder is recognised from its `config.json` (`_class_name` or `architectures`).
+
+Our parameter paths mirror the source names: a numbered child `down_blocks.1` is the Flax module `down_blocks_1`,
+and a scanned stack `layers` holds `layers.{i}` on a leading axis. So the name table is derived from the model's
+own parameter tree rather than written out by hand; a table that does not match the checkpoint still fails on every
+missing, unexpected or mis-shaped tensor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import re
+import shutil
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from converters import common
+from converters.common import ConversionError, Rule
+from ureward_jax import pretrained
+
+# Source containers whose children are numbered (`resnets.0`); ours are `resnets_0`.
+INDEXED = ("down_blocks", "up_blocks", "resnets", "attentions", "transformer_blocks", "downsamplers", "upsamplers",
+           "to_out", "net")
+# Scanned stacks: one parameter per kind with a leading layer axis, `layers.{i}` in the source.
+STACKED = ("layers",)
+_LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
+
+
+def _source_name(path: str, ndim: int) -> Rule:
+  *modules, leaf = path.split("/")
+  names = []
+  for module in modules:
+    indexed = re.fullmatch(r"(.+)_(\d+)", module)
+    if indexed and indexed.group(1) in INDEXED:
+      names.append(f"{indexed.group(1)}.{indexed.group(2)}")
+    elif module in STACKED:
+      names.append(f"{module}.{{i}}")
+    else:
+      names.append(module)
+  if leaf not in _LEAVES:
+    raise ConversionError(f"parameter {path!r}: no source naming for a {leaf!r} leaf")
+  rule = Rule(path, ".".join(names + [_LEAVES[leaf]]))
+  per_layer = ndim - 1 if rule.stacked else ndim
+  if leaf == "kernel":
+    rule = Rule(path, rule.source, {4: "conv", 2: "dense"}[per_layer])
+  return rule
+
+
+def rules(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> list[Rule]:
+  """The name table for a flat {our path: shape}; `prefix` is prepended to every source name."""
+  table = []
+  for path, shape in shapes.items():
+    rule = _source_name(path, len(shape))
+    table.append(Rule(rule.target, prefix + rule.source, rule.kind))
+  return table
+
+
+def stacks(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
+  """Each scanned stack's path prefix → its layer count, read from the leading axis of its parameters."""
+  out = {}
+  for path, shape in shapes.items():
+    parts = path.split("/")
+    for i, part in enumerate(parts[:-1]):
+      if part in STACKED:
+        out["/".join(parts[:i + 1])] = shape[0]
+  return out
+
+
+def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor], shapes: Mapping,
+                        prefix: str = "", dtype=None, ignore=()) -> dict:
+  """Our nested params from source tensors (a state dict as numpy arrays, or `open_safetensors` of a folder).
+
+  shapes: the model's parameter tree of `jax.ShapeDtypeStruct`s (its `param_shapes`).
+  """
+  tensors = {k: v if hasattr(v, "load") else common.InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
+  flat_shapes = {k: tuple(v.shape) for k, v in common.flatten(shapes).items()}
+  flat = common.convert(tensors, rules(flat_shapes, prefix), flat_shapes, stacks(flat_shapes), dtype=dtype,
+                        ignore=ignore)
+  return common.unflatten(flat)
+
+
+# --- folders -----------------------------------------------------------------------------------------------------
+
+# A component's class (diffusers `_class_name`, transformers `architectures[0]`) → our model_type and its module.
+COMPONENTS = {
+    "UNet2DConditionModel": ("unet2d_condition", "ureward_jax.models.unet2d", "UNet2DConditionConfig"),
+    "AutoencoderKL": ("autoencoder_kl", "ureward_jax.models.vae", "AutoencoderKLConfig"),
+    "CLIPTextModel": ("clip_text", "ureward_jax.models.clip_text", "CLIPTextConfig"),
+    "CLIPTextModelWithProjection": ("clip_text", "ureward_jax.models.clip_text", "CLIPTextConfig"),
+}
+# The sub-folders of a diffusers SDXL pipeline that hold weights, and those copied as they are.
+PIPELINE_MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
+PIPELINE_FILES = ("tokenizer", "tokenizer_2", "scheduler")
+# transformers keeps a CLIP text model's position ids as a buffer in older files.
+IGNORED = (r"position_ids$",)
+WEIGHTS = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
+
+
+def component_class(config: dict, where) -> str:
+  name = config.get("_class_name") or (config.get("architectures") or [None])[0]
+  if name not in COMPONENTS:
+    raise ConversionError(f"{where}: unsupported component class {name!r}; expected one of {sorted(COMPONENTS)}")
+  return name
+
+
+def _module(class_name: str):
+  model_type, module_name, config_name = COMPONENTS[class_name]
+  module = importlib.import_module(module_name)
+  return model_type, module, getattr(module, config_name)
+
+
+def open_weights(folder: Path, variant: str | None = None) -> dict[str, common.StoredTensor]:
+  """The tensors of a component folder's safetensors files: the plain ones, or those of `variant` (e.g. "fp16").
+
+  diffusers folders often hold both `diffusion_pytorch_model.safetensors` and `….fp16.safetensors`; mixing them
+  would silently take each tensor from whichever file came last.
+  """
+  def variant_of(path: Path) -> str | None:
+    parts = path.name[: -len(".safetensors")].split(".")
+    return parts[1].split("-")[0] if len(parts) > 1 else None
+  files = sorted(p for p in folder.glob("*.safetensors") if variant_of(p) == variant)
+  if not files:
+    found = sorted(p.name for p in folder.glob("*.safetensors"))
+    raise ConversionError(f"{folder}: no {'plain' if variant is None else variant!r} safetensors weights "
+                          f"(found {found or 'none'}); .bin checkpoints must be re-saved as safetensors")
+  tensors = {}
+  for path in files:
+    tensors.update(common.read_safetensors_header(path))
+  return tensors
+
+
+def convert_component(src: Path, dst: Path, dtype: str | None = None, variant: str | None = None) -> dict:
+  """Convert one diffusers / transformers component folder; returns our config dict written to `dst`."""
+  if not (src / "config.json").exists():
+    raise ConversionError(f"{src} has no config.json")
+  source_config = json.loads((src / "config.json").read_text())
+  class_name = component_class(source_config, src)
+  model_type, module, config_cls = _module(class_name)
+  fmt = "diffusers" if "_class_name" in source_config else "transformers"
+  config = config_cls.from_dict(source_config)
+  tensors = open_weights(src, variant)
+  if model_type == "clip_text" and not any(n.startswith("text_model.") for n in tensors):
+    # transformers 5 saves a plain CLIPTextModel without the `text_model.` prefix that every earlier file has.
+    tensors = {n if n.startswith("text_projection.") else "text_model." + n: t for n, t in tensors.items()}
+  params = params_from_tensors(tensors, module.param_shapes(config), dtype=dtype, ignore=IGNORED)
+  ours = {"model_type": model_type, **config.to_dict(),
+          "source": {"format": fmt, "class_name": class_name, "config": source_config}}
+  pretrained.save(dst, ours, params)
+  return ours
+
+
+def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None, variant: str | None = None) -> dict:
+  """Convert a diffusers SDXL pipeline folder (with `model_index.json`) or a single component folder."""
+  src, dst = Path(src), Path(dst)
+  if not src.is_dir():
+    raise ConversionError(f"checkpoint folder {src} does not exist")
+  if not (src / "model_index.json").exists():
+    return convert_component(src, dst, dtype, variant)
+  index = json.loads((src / "model_index.json").read_text())
+  missing = [name for name in PIPELINE_MODELS if not (src / name).is_dir()]
+  if missing:
+    raise ConversionError(f"{src}: the pipeline folder lacks {missing}")
+  dst.mkdir(parents=True, exist_ok=True)
+  if (dst / pretrained.CONFIG).exists():
+    raise FileExistsError(f"{dst} already holds a converted checkpoint; choose an empty destination")
+  for name in tqdm(PIPELINE_MODELS, desc="components", unit="model"):
+    convert_component(src / name, dst / name, dtype, variant)
+  for name in PIPELINE_FILES:
+    if (src / name).is_dir():
+      shutil.copytree(src / name, dst / name)
+  ours = {"model_type": "sdxl", "components": list(PIPELINE_MODELS),
+          "source": {"format": "diffusers", "config": index}}
+  (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
+  return ours
+
+
+def export_folder(src: str | Path, dst: str | Path) -> None:
+  """Write our folder `src` (a pipeline or one component) back in its source library's layout at `dst`."""
+  src, dst = Path(src), Path(dst)
+  ours = pretrained.read_config(src)
+  if ours.get("model_type") == "sdxl":
+    for name in ours["components"]:
+      export_folder(src / name, dst / name)
+    for name in PIPELINE_FILES:
+      if (src / name).is_dir():
+        shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+    (dst / "model_index.json").write_text(json.dumps(ours["source"]["config"], indent=2))
+    return
+  source = ours.get("source") or {}
+  if source.get("class_name") not in COMPONENTS:
+    raise ConversionError(f"{src}: not an SDXL component folder (model_type {ours.get('model_type')!r})")
+  _, module, config_cls = _module(source["class_name"])
+  config = config_cls.from_dict(ours)
+  flat = common.flatten(pretrained.load_params(src))
+  expected = {k: tuple(v.shape) for k, v in common.flatten(module.param_shapes(config)).items()}
+  wrong = sorted(set(flat) ^ set(expected))
+  if wrong:
+    raise ConversionError(f"{src}: parameters do not match the model: {wrong[:10]}")
+  tensors = common.export(flat, rules(expected))
+  dst.mkdir(parents=True, exist_ok=True)
+  common.save_safetensors(tensors, dst)
+  if source["format"] == "diffusers":   # diffusers looks for its own file name
+    (dst / "model.safetensors").rename(dst / WEIGHTS["diffusers"])
+  (dst / "config.json").write_text(json.dumps(source["config"], indent=2))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--src", required=True, help="a diffusers SDXL pipeline folder, or one of its component "
+                      "folders (unet/, vae/, text_encoder/, text_encoder_2/); with --export, our folder")
+  parser.add_argument("--dst", required=True, help="destination folder (must not hold a checkpoint yet)")
+  parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                      help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
+  parser.add_argument("--variant", default=None, help="read the weights of this variant, e.g. fp16")
+  parser.add_argument("--export", choices=["diffusers"], default=None,
+                      help="write our folder at --src back as diffusers/transformers folders")
+  args = parser.parse_args(argv)
+  try:
+    if args.export:
+      export_folder(args.src, args.dst)
+      print(f"exported {args.src} to {args.dst}")
+    else:
+      ours = convert_folder(args.src, args.dst, args.dtype, args.variant)
+      print(f"converted {args.src} → {args.dst} ({ours['model_type']})")
+  except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
+    raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  main()

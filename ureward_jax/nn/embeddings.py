@@ -1,0 +1,23 @@
+"""Sinusoidal embeddings of diffusion timesteps (and of SDXL's micro-conditions), always computed in fp32."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+
+def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool = True, shift: float = 0.0,
+                       max_period: float = 10000.0) -> jax.Array:
+  """(N,) timesteps (any real values) → (N, dim) fp32 embedding, diffusers' `get_timestep_embedding`.
+
+  Frequencies exp(−ln(max_period)·i / (dim/2 − shift)) for i < dim/2; [sin ‖ cos] of t·freq, or [cos ‖ sin] when
+  `flip_sin_to_cos`; an odd `dim` gets a zero last column.
+  """
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - shift))
+  angles = jnp.asarray(timesteps, jnp.float32)[:, None] * freqs[None]
+  parts = [jnp.cos(angles), jnp.sin(angles)] if flip_sin_to_cos else [jnp.sin(angles), jnp.cos(angles)]
+  emb = jnp.concatenate(parts, axis=-1)
+  return jnp.pad(emb, ((0, 0), (0, dim % 2)))
