@@ -104,6 +104,8 @@ PIPELINE_MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 PIPELINE_FILES = ("tokenizer", "tokenizer_2", "scheduler")
 # transformers keeps a CLIP text model's position ids as a buffer in older files.
 IGNORED = (r"position_ids$",)
+# VAE files written before diffusers 0.14 name the mid-block attention's projections differently.
+LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 WEIGHTS = {"diffusers": "diffusion_pytorch_model.safetensors", "transformers": "model.safetensors"}
 
 
@@ -153,11 +155,20 @@ def convert_component(src: Path, dst: Path, dtype: str | None = None, variant: s
   if model_type == "clip_text" and not any(n.startswith("text_model.") for n in tensors):
     # transformers 5 saves a plain CLIPTextModel without the `text_model.` prefix that every earlier file has.
     tensors = {n if n.startswith("text_projection.") else "text_model." + n: t for n, t in tensors.items()}
+  if model_type == "autoencoder_kl":
+    tensors = {_modern_attention_name(n): t for n, t in tensors.items()}
   params = params_from_tensors(tensors, module.param_shapes(config), dtype=dtype, ignore=IGNORED)
   ours = {"model_type": model_type, **config.to_dict(),
           "source": {"format": fmt, "class_name": class_name, "config": source_config}}
   pretrained.save(dst, ours, params)
   return ours
+
+
+def _modern_attention_name(name: str) -> str:
+  parts = name.split(".")
+  if len(parts) >= 2 and ".attentions." in name and parts[-2] in LEGACY_ATTENTION:
+    parts[-2] = LEGACY_ATTENTION[parts[-2]]
+  return ".".join(parts)
 
 
 def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None, variant: str | None = None) -> dict:

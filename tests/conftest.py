@@ -57,3 +57,14 @@ def checkpoint(tmp_path_factory):
     Image.fromarray(rng.integers(0, 256, (60, 80, 3), np.uint8)).save(media / "clip" / f"{j:03d}.png")
   (media / "broken.png").write_bytes(b"not an image")
   return hf, ureward_jax.load(root / "ours"), tokenizer, root / "ours", str(media)
+
+
+@pytest.fixture(scope="session")
+def sdxl(tmp_path_factory):
+  """A tiny random SDXL pipeline: (the diffusers pipeline, its saved folder, our converted folder)."""
+  from converters import sdxl as converter
+  from tests import tiny_sdxl
+  root = tmp_path_factory.mktemp("sdxl")
+  pipe, folder = tiny_sdxl.save_pipeline(root)
+  converter.convert_folder(folder, root / "ours", "float32")
+  return pipe, folder, root / "ours"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 from pathlib import Path
@@ -83,4 +84,23 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
       params = parallel.place(params, parallel.param_shardings(param_shapes(config, boxed=True), mesh))
     return LlavaOnevisionForConditionalGeneration.from_params(config, params, dtype=dtype, mesh=mesh,
                                                               **module_kwargs)
+  if model_type in _SINGLE_DEVICE_MODELS:
+    module_name, config_name, wrapper_name = _SINGLE_DEVICE_MODELS[model_type]
+    if mesh is not None:
+      raise ValueError(f"{path}: a {model_type} checkpoint loads onto one device; shard it in the training step")
+    module = importlib.import_module(module_name)
+    config = getattr(module, config_name).from_dict(config)
+    params = jax.device_put(load_params(path, param_dtype), jax.devices()[0])
+    return getattr(module, wrapper_name).from_params(config, params, dtype=dtype, **module_kwargs)
+  if model_type == "sdxl":
+    from ureward_jax.generation.sdxl import SDXLPipeline
+    return SDXLPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
   raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")
+
+
+# model_type → (module, config class, wrapper class) of the image-generation components.
+_SINGLE_DEVICE_MODELS = {
+    "unet2d_condition": ("ureward_jax.models.unet2d", "UNet2DConditionConfig", "UNet"),
+    "autoencoder_kl": ("ureward_jax.models.vae", "AutoencoderKLConfig", "VAE"),
+    "clip_text": ("ureward_jax.models.clip_text", "CLIPTextConfig", "CLIPTextEncoder"),
+}

@@ -1,0 +1,131 @@
+"""The SDXL-Turbo text-to-image pipeline (diffusers' `StableDiffusionXLPipeline` at guidance scale 0): prompts →
+both CLIP text encoders → Euler-ancestral sampling with the UNet → VAE decode.
+
+Conditioning as SDXL builds it: `prompt_embeds` (B, 77, 2048) = the penultimate hidden states (before the final
+LayerNorm) of both encoders, concatenated; `text_embeds` (B, 1280) = encoder 2's projected EOS state; `time_ids`
+(B, 6) = (height, width, 0, 0, height, width) in pixels. No classifier-free guidance (Turbo is distilled without).
+
+Each image draws its noise from `fold_in(key(seed), index)`, so an image depends on the seed and its index only,
+never on the batch it was generated in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ureward_jax import pretrained
+from ureward_jax.generation import schedulers
+from ureward_jax.models.clip_text import CLIPTextEncoder
+from ureward_jax.models.unet2d import UNet
+from ureward_jax.models.vae import VAE
+from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
+
+
+@dataclasses.dataclass
+class SDXLPipeline:
+  """A converted SDXL pipeline folder, loaded (`ureward_jax.load` of a folder made by `converters.sdxl`)."""
+  unet: UNet
+  vae: VAE
+  text_encoder: CLIPTextEncoder
+  text_encoder_2: CLIPTextEncoder
+  tokenizer: CLIPTokenizer
+  tokenizer_2: CLIPTokenizer
+  scheduler_config: dict
+
+  @classmethod
+  def from_folder(cls, path: str | Path, dtype=jnp.float32, param_dtype=None) -> "SDXLPipeline":
+    """Components in the compute `dtype`; the VAE stays fp32 (SDXL's overflows in fp16: `force_upcast`)."""
+    path = Path(path)
+    scheduler_file = path / "scheduler" / "scheduler_config.json"
+    if not scheduler_file.exists():
+      raise FileNotFoundError(f"{scheduler_file} is missing: the pipeline folder is incomplete")
+    components = {name: pretrained.load(path / name, dtype=dtype, param_dtype=param_dtype)
+                  for name in ("unet", "text_encoder", "text_encoder_2")}
+    vae = pretrained.load(path / "vae", dtype=jnp.float32, param_dtype=param_dtype)
+    return cls(vae=vae, tokenizer=CLIPTokenizer(path / "tokenizer"), tokenizer_2=CLIPTokenizer(path / "tokenizer_2"),
+               scheduler_config=json.loads(scheduler_file.read_text()), **components)
+
+  @property
+  def vae_scale_factor(self) -> int:
+    return self.vae.config.downsample_factor
+
+  @property
+  def params(self) -> dict:
+    return {"unet": self.unet.params, "vae": self.vae.params, "text_encoder": self.text_encoder.params,
+            "text_encoder_2": self.text_encoder_2.params}
+
+  def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    return self.tokenizer(prompts), self.tokenizer_2(prompts)
+
+  def encode_prompt(self, params: dict, ids: jax.Array, ids_2: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Token ids (B, 77) of both tokenizers → (prompt_embeds (B, 77, D1 + D2), pooled text_embeds (B, P))."""
+    first = self.text_encoder.module.apply({"params": params["text_encoder"]}, ids, output_hidden_states=True)
+    second = self.text_encoder_2.module.apply({"params": params["text_encoder_2"]}, ids_2, output_hidden_states=True)
+    embeds = jnp.concatenate([first["hidden_states"][-2], second["hidden_states"][-2]], axis=-1)
+    return embeds, second["text_embeds"]
+
+  def denoise(self, params: dict, prompt_embeds, text_embeds, time_ids, noise,
+              schedule: schedulers.EulerAncestralSchedule):
+    """Latents (B, h, w, 4) after `schedule`'s steps; noise (steps + 1, B, h, w, 4): the initial latents' then each
+    step's ancestral noise (the last step's is unused when it ends at σ = 0)."""
+    sigmas = np.asarray(schedule.sigmas)
+    latents = noise[0] * schedule.init_noise_sigma
+
+    def one_step(x, step):
+      timestep, sigma_from, sigma_to, step_noise = step
+      eps = self.unet.module.apply({"params": params["unet"]}, schedulers.scale_model_input(x, sigma_from), timestep,
+                                   prompt_embeds, text_embeds, time_ids)
+      return schedulers.step(x, eps.astype(jnp.float32), sigma_from, sigma_to, step_noise), None
+    steps = (np.asarray(schedule.timesteps, np.float32), sigmas[:-1], sigmas[1:], noise[1:])
+    latents, _ = jax.lax.scan(one_step, latents, steps)
+    return latents
+
+  def decode(self, params: dict, latents) -> jax.Array:
+    """Latents (B, h, w, 4) → images (B, H, W, 3) in [0, 1]: unscaled by the VAE's factor, decoded, mapped from
+    [−1, 1] and clipped, as diffusers' image processor does."""
+    cfg = self.vae.config
+    latents = latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+    pixels = self.vae.module.apply({"params": params["vae"]}, latents, method="decode")
+    return jnp.clip(pixels / 2 + 0.5, 0.0, 1.0)
+
+  def schedule(self, num_inference_steps: int) -> schedulers.EulerAncestralSchedule:
+    return schedulers.from_config(self.scheduler_config, num_inference_steps)
+
+  def noise(self, seed: int, indices: Sequence[int], steps: int, height: int, width: int) -> jax.Array:
+    """(steps + 1, B, h, w, 4) fp32 noise for the images numbered `indices`, each from `fold_in(key(seed), index)`."""
+    f = self.vae_scale_factor
+    shape = (steps + 1, height // f, width // f, self.unet.config.in_channels)
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), jnp.asarray(indices, jnp.uint32))
+    return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32), out_axes=1)(keys)
+
+  @functools.cached_property
+  def _generate(self):
+    def generate(params, ids, ids_2, noise, steps):
+      schedule = self.schedule(steps)
+      prompt_embeds, text_embeds = self.encode_prompt(params, ids, ids_2)
+      batch, height, width = noise.shape[1], *(n * self.vae_scale_factor for n in noise.shape[2:4])
+      time_ids = jnp.broadcast_to(jnp.asarray([height, width, 0, 0, height, width], jnp.float32), (batch, 6))
+      return self.decode(params, self.denoise(params, prompt_embeds, text_embeds, time_ids, noise, schedule))
+    return jax.jit(generate, static_argnums=4)
+
+  def __call__(self, prompts: Sequence[str], num_inference_steps: int = 1, height: int = 512, width: int = 512,
+               seed: int = 0, indices: Sequence[int] | None = None) -> np.ndarray:
+    """Images (B, H, W, 3) uint8 for `prompts`; image b is numbered `indices[b]` (default 0..B−1) for its noise."""
+    f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+    if height % f or width % f:
+      raise ValueError(f"height and width must be multiples of {f}, got {height}×{width}")
+    indices = range(len(prompts)) if indices is None else indices
+    if len(indices) != len(prompts):
+      raise ValueError(f"{len(indices)} indices for {len(prompts)} prompts")
+    ids, ids_2 = self.tokenize(prompts)
+    noise = self.noise(seed, indices, num_inference_steps, height, width)
+    images = self._generate(self.params, ids, ids_2, noise, num_inference_steps)
+    return np.asarray(jnp.round(images * 255)).astype(np.uint8)
