@@ -67,10 +67,8 @@ class SDXLPipeline:
 
   def encode_prompt(self, params: dict, ids: jax.Array, ids_2: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Token ids (B, 77) of both tokenizers → (prompt_embeds (B, 77, D1 + D2), pooled text_embeds (B, P))."""
-    first = self.text_encoder.module.apply({"params": params["text_encoder"]}, ids, output_hidden_states=True)
-    second = self.text_encoder_2.module.apply({"params": params["text_encoder_2"]}, ids_2, output_hidden_states=True)
-    embeds = jnp.concatenate([first["hidden_states"][-2], second["hidden_states"][-2]], axis=-1)
-    return embeds, second["text_embeds"]
+    return text_conditioning(self.text_encoder.module, params["text_encoder"], self.text_encoder_2.module,
+                             params["text_encoder_2"], ids, ids_2)
 
   def denoise(self, params: dict, prompt_embeds, text_embeds, time_ids, noise,
               schedule: schedulers.EulerAncestralSchedule):
@@ -112,7 +110,7 @@ class SDXLPipeline:
       schedule = self.schedule(steps)
       prompt_embeds, text_embeds = self.encode_prompt(params, ids, ids_2)
       batch, height, width = noise.shape[1], *(n * self.vae_scale_factor for n in noise.shape[2:4])
-      time_ids = jnp.broadcast_to(jnp.asarray([height, width, 0, 0, height, width], jnp.float32), (batch, 6))
+      time_ids = micro_conditions(batch, height, width)
       return self.decode(params, self.denoise(params, prompt_embeds, text_embeds, time_ids, noise, schedule))
     return jax.jit(generate, static_argnums=4)
 
@@ -129,3 +127,16 @@ class SDXLPipeline:
     noise = self.noise(seed, indices, num_inference_steps, height, width)
     images = self._generate(self.params, ids, ids_2, noise, num_inference_steps)
     return np.asarray(jnp.round(images * 255)).astype(np.uint8)
+
+
+def text_conditioning(text_encoder, params, text_encoder_2, params_2, ids, ids_2) -> tuple[jax.Array, jax.Array]:
+  """SDXL's text conditioning from the two `CLIPTextModel` modules: (the penultimate hidden states of both,
+  concatenated (B, 77, D1 + D2); encoder 2's projected EOS state (B, P))."""
+  first = text_encoder.apply({"params": params}, ids, output_hidden_states=True)
+  second = text_encoder_2.apply({"params": params_2}, ids_2, output_hidden_states=True)
+  return jnp.concatenate([first["hidden_states"][-2], second["hidden_states"][-2]], axis=-1), second["text_embeds"]
+
+
+def micro_conditions(batch: int, height: int, width: int) -> jax.Array:
+  """SDXL's `add_time_ids` (B, 6) for uncropped images generated at their original size: (H, W, 0, 0, H, W)."""
+  return jnp.broadcast_to(jnp.asarray([height, width, 0, 0, height, width], jnp.float32), (batch, 6))

@@ -1,0 +1,150 @@
+"""Diffusion-DPO for SDXL(-Turbo) (Wallace et al.; DiffusionDPO's `train.py`, as UnifiedReward runs it).
+
+Each pair's winner and loser latents are noised with the same ε at the same t; with d(x) = mean over (H, W, C) of
+(ε̂(x_t) − ε)², the loss is −log σ(−½β[(d_θ(x_w) − d_θ(x_l)) − (d_ref(x_w) − d_ref(x_l))]) (β 5000 in every public
+launcher; diffusers' research example writes it without the ½). Turbo checkpoints train on the zero-terminal-SNR
+schedule at t ∈ {249, 499, 749, 999}, the timesteps of their 4-step sampler.
+
+A micro-batch holds B pairs, winners first: the VAE posterior of each image (`latent_mean`, `latent_logvar`, (2B, h, w,
+4), winners in rows [0, B), losers in [B, 2B)) and each pair's conditioning (`prompt_embeds` (B, 77, D),
+`text_embeds` (B, P), `time_ids` (B, 6)). `encode_pairs` makes them from pixels and token ids with the frozen VAE and
+text encoders, in the step's input pipeline or once ahead of training; the step samples the posterior itself, as
+the original does with `latent_dist.sample()`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ureward_jax.generation import schedulers
+from ureward_jax.generation.sdxl import micro_conditions, text_conditioning
+from ureward_jax.models.unet2d import UNet2DConditionModel
+
+PAIR_KEYS = ("latent_mean", "latent_logvar", "prompt_embeds", "text_embeds", "time_ids")
+
+
+def diffusion_dpo_loss(model_pred: jax.Array, ref_pred: jax.Array, target: jax.Array, beta: float
+                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """(loss, metrics) for predictions and target (2B, ...) laid out [winners; losers], in fp32.
+
+  metrics: `implicit_acc` (share of pairs where the policy moved towards the winner more than the reference,
+  inside > 0), `model_mse` / `ref_mse` (the plain denoising losses, ½ of winners' mean + losers' mean).
+  """
+  if model_pred.shape[0] % 2:
+    raise ValueError(f"the batch must hold [winners; losers], an even number of rows; got {model_pred.shape[0]}")
+  axes = tuple(range(1, model_pred.ndim))
+  target = target.astype(jnp.float32)
+  model_mse = jnp.mean(jnp.square(model_pred.astype(jnp.float32) - target), axis=axes)
+  ref_mse = jnp.mean(jnp.square(ref_pred.astype(jnp.float32) - target), axis=axes)
+  model_w, model_l = jnp.split(model_mse, 2)
+  ref_w, ref_l = jnp.split(ref_mse, 2)
+  inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
+  loss = -jnp.mean(jax.nn.log_sigmoid(inside))
+  metrics = {"implicit_acc": jnp.mean(inside > 0), "model_mse": 0.5 * (jnp.mean(model_w) + jnp.mean(model_l)),
+             "ref_mse": 0.5 * (jnp.mean(ref_w) + jnp.mean(ref_l))}
+  return loss, metrics
+
+
+def training_alphas_cumprod(turbo: bool, scheduler_config: dict | None = None) -> np.ndarray:
+  """ᾱ_t (1000,) of the training schedule: the scheduler's betas, rescaled to zero terminal SNR for Turbo."""
+  settings = {k: v for k, v in (scheduler_config or {}).items()
+              if k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule")}
+  alphas = schedulers.alphas_cumprod(**settings)
+  return schedulers.enforce_zero_terminal_snr(alphas) if turbo else alphas
+
+
+def noised_pairs(rng: jax.Array, latents: jax.Array, alphas_cumprod: jax.Array, turbo: bool
+                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(x_t, t, ε) for latents (2B, h, w, C) [winners; losers]: one (t, ε) per pair, shared by its two images."""
+  pairs = latents.shape[0] // 2
+  noise_rng, t_rng = jax.random.split(rng)
+  noise = jax.random.normal(noise_rng, (pairs,) + latents.shape[1:], jnp.float32)
+  if turbo:
+    timesteps = schedulers.turbo_timesteps(t_rng, pairs)
+  else:
+    timesteps = jax.random.randint(t_rng, (pairs,), 0, alphas_cumprod.shape[0])
+  noise, timesteps = jnp.concatenate([noise, noise]), jnp.concatenate([timesteps, timesteps])
+  return schedulers.add_noise(latents, noise, timesteps, alphas_cumprod), timesteps, noise
+
+
+def make_loss_fn(module: UNet2DConditionModel, beta: float, alphas_cumprod: np.ndarray, scaling_factor: float,
+                 turbo: bool = True):
+  """loss_fn(params, reference_params, micro_batch, rng) → (loss, metrics) of one micro-batch (no A axis)."""
+  alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
+
+  def loss_fn(params, reference_params, mb, rng):
+    posterior_rng, noise_rng = jax.random.split(rng)
+    std = jnp.exp(0.5 * mb["latent_logvar"])
+    latents = (mb["latent_mean"] + std * jax.random.normal(posterior_rng, std.shape, jnp.float32)) * scaling_factor
+    noisy, timesteps, noise = noised_pairs(noise_rng, latents, alphas_cumprod, turbo)
+    both = lambda x: jnp.concatenate([x, x])  # noqa: E731 - one prompt for both images of a pair
+    cond = (both(mb["prompt_embeds"]), both(mb["text_embeds"]), both(mb["time_ids"]))
+
+    def predict(p):
+      return module.apply({"params": p}, noisy, timesteps, *cond)
+    model_pred = predict(params)
+    ref_pred = jax.lax.stop_gradient(predict(reference_params))
+    return diffusion_dpo_loss(model_pred, ref_pred, noise, beta)
+
+  return loss_fn
+
+
+def make_diffusion_dpo_step(module: UNet2DConditionModel, optimizer: optax.GradientTransformation, beta: float,
+                            alphas_cumprod: np.ndarray, scaling_factor: float, turbo: bool = True):
+  """step(params, opt_state, batch, reference_params, rng) → (params, opt_state, metrics); jit it donating the first
+  two (never the reference).
+
+  batch: the `PAIR_KEYS` arrays with a leading micro-batch axis A (gradient accumulation); each micro-batch draws
+  its posterior samples, noise and timesteps from `fold_in(rng, a)`. Metrics: loss, grad_norm, implicit_acc,
+  model_mse, ref_mse (means over the micro-batches).
+  """
+  loss_fn = make_loss_fn(module, beta, alphas_cumprod, scaling_factor, turbo)
+
+  def step(params, opt_state, batch, reference_params, rng):
+    def micro(grads, inputs):
+      mb, index = inputs
+      (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, reference_params, mb,
+                                                                      jax.random.fold_in(rng, index))
+      return jax.tree.map(jnp.add, grads, g), (loss, metrics)
+
+    accum = batch["latent_mean"].shape[0]
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, metrics) = jax.lax.scan(micro, zeros, (batch, jnp.arange(accum)))
+    grads = jax.tree.map(lambda g: g / accum, grads)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    out = {"loss": jnp.mean(losses), "grad_norm": optax.tree.norm(grads)}
+    return params, opt_state, out | {k: jnp.mean(v) for k, v in metrics.items()}
+
+  return step
+
+
+def adafactor(learning_rate, weight_decay: float = 1e-2, clip_threshold: float = 1.0, max_grad_norm: float | None = 1.0
+              ) -> optax.GradientTransformation:
+  """transformers' `Adafactor(scale_parameter=False, relative_step=False, warmup_init=False)` as DiffusionDPO uses it
+  for SDXL: factored second moments (β₂ₜ = 1 − t^−0.8, ε 1e-30), each update clipped to RMS ≤ `clip_threshold`,
+  decoupled weight decay p ← p − lr·wd·p, no momentum; after global gradient clipping to `max_grad_norm` (the
+  accelerate clip the script applies). Matrices are factored over their two largest axes (transformers: the last
+  two of the PyTorch layout), which differs for conv kernels only."""
+  chain = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm else []
+  chain += [optax.scale_by_factored_rms(decay_rate=0.8, epsilon=1e-30, min_dim_size_to_factor=1),
+            optax.clip_by_block_rms(clip_threshold),
+            optax.add_decayed_weights(weight_decay),
+            optax.scale_by_learning_rate(learning_rate)]
+  return optax.chain(*chain)
+
+
+def encode_pairs(vae_module, vae_params, text_encoder, text_encoder_params, text_encoder_2, text_encoder_2_params,
+                 pixels: jax.Array, ids: jax.Array, ids_2: jax.Array, height: int, width: int) -> dict[str, Any]:
+  """The frozen encoders' part: pixels (2B, H, W, 3) in [−1, 1] [winners; losers] and both tokenizers' ids (B, 77)
+  → the `PAIR_KEYS` arrays of one micro-batch (posterior moments fp32, conditioning as SDXL builds it)."""
+  mean, logvar = vae_module.apply({"params": vae_params}, pixels, method="encode")
+  prompt_embeds, text_embeds = text_conditioning(text_encoder, text_encoder_params, text_encoder_2,
+                                                 text_encoder_2_params, ids, ids_2)
+  return {"latent_mean": mean, "latent_logvar": logvar, "prompt_embeds": prompt_embeds, "text_embeds": text_embeds,
+          "time_ids": micro_conditions(ids.shape[0], height, width)}
