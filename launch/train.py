@@ -4,7 +4,8 @@
 
 The workdir receives `config.json` (the resolved config), `checkpoints/`, `metrics.jsonl`, `tensorboard/` and the
 tokenizer used. Re-running the same command resumes from the latest checkpoint; SIGTERM finishes the current step,
-saves and exits. `train.objective = "dpo"` trains on preference records (`data.examples.make_preference_example`)
+saves and exits. `train.objective = "diffusion_dpo"` aligns an SDXL UNet instead (`launch/diffusion_train.py`).
+`train.objective = "dpo"` trains on preference records (`data.examples.make_preference_example`)
 with the `dpo` settings, against a frozen reference: the starting model, kept as a copy in `dpo.reference_dtype`
 and run in every step (`dpo.reference = "step"`), or run once over the data before training
 (`"precomputed"`, kept in workdir/reference_logps.npy).
@@ -79,11 +80,14 @@ def model_config(config, tokenizer: tokenizers.Tokenizer) -> LlavaOnevisionConfi
   return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
 
 
+OBJECTIVES = ("sft", "dpo", "diffusion_dpo")
+
+
 def objective_of(config) -> str:
-  """train.objective: "sft" (the default) or "dpo"."""
+  """train.objective: "sft" (the default) or "dpo" for the LLaVA model, "diffusion_dpo" for an SDXL UNet."""
   objective = config.train.get("objective", "sft")
-  if objective not in ("sft", "dpo"):
-    raise ValueError(f"train.objective {objective!r} is not one of 'sft', 'dpo'")
+  if objective not in OBJECTIVES:
+    raise ValueError(f"train.objective {objective!r} is not one of {OBJECTIVES}")
   return objective
 
 
@@ -158,6 +162,9 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   _maybe_initialize_distributed()
   os.makedirs(config.workdir, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", os.path.join(config.workdir, "xla_cache"))
+  if objective_of(config) == "diffusion_dpo":
+    from launch import diffusion_train
+    return diffusion_train.train(config)
   tokenizer_file = _tokenizer_file(config)
   tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
   model = model_config(config, tokenizer)

@@ -21,14 +21,28 @@ label with its result in judged.jsonl (resumable as above), and prints the bench
 build-pairs: judges each item's candidates (given, or sampled from --policy) as pairs and points with the "dpo"
 wordings, keeps one chosen / rejected pair per prompt (`ureward_jax.preference`), appends the kept records to
 pairs.jsonl and every prompt's judgements to pairs.judgements.jsonl, whose ids a re-run skips.
+
+  ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR [--steps 1] [--height 512]
+                   [--width 512] [--seed 0] [--batch-size 8] [--dtype float32|bfloat16]
+
+generate: samples N images per prompt with a converted SDXL pipeline (`ureward_jax.generation.sdxl`) into
+OUT/images/{id}_{k}.png and appends {"id", "prompt", "candidates": ["images/{id}_0.png", ...]} to
+OUT/candidates.jsonl once all of a prompt's images are saved: the items `build-pairs --task image_generation` reads.
+Prompts: a text file, one per line (blank lines skipped), or a .jsonl with "prompt" (or "caption") and optional "id";
+ids default to the prompt's position, "p00000". Image k of prompt i draws its noise from (seed, i × N + k) alone, so
+batching does not change it. Images are written under a temporary name and renamed; a re-run skips the ids already
+in candidates.jsonl, keeps the images an interrupted run finished, and refuses settings (seed, steps, size, N, dtype)
+other than those OUT/generate.json records.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import sys
+import time
 
 from tqdm import tqdm
 
@@ -63,7 +77,7 @@ def _done_ids(path: str) -> set:
   """Ids already in an output file; a last line cut short by an interruption is removed."""
   if not os.path.exists(path):
     return set()
-  done, good_bytes = set(), 0
+  done, good_bytes, line = set(), 0, b"\n"
   with open(path, "rb") as f:
     for line in f:
       try:
@@ -74,6 +88,9 @@ def _done_ids(path: str) -> set:
   if good_bytes < os.path.getsize(path):
     with open(path, "r+b") as f:
       f.truncate(good_bytes)
+  elif not line.endswith(b"\n"):   # a whole last row cut before its newline: keep it, end it
+    with open(path, "ab") as f:
+      f.write(b"\n")
   return done
 
 
@@ -210,6 +227,155 @@ def _build_pairs(args) -> int:
   return 0
 
 
+# The settings an image depends on besides its prompt and index: a re-run into the same --out must repeat them.
+_GENERATE_SETTINGS = ("seed", "steps", "height", "width", "num_per_prompt", "dtype")
+
+
+def _read_prompts(path: str) -> list[tuple]:
+  """(id, prompt) of each prompt of a text file (one per line, blank lines skipped) or a .jsonl file ("prompt" or
+  "caption", optional "id"); ids default to the prompt's position among the prompts, "p00000"."""
+  jsonl, entries = path.endswith(".jsonl"), []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      default_id = f"p{len(entries):05d}"
+      if not jsonl:
+        entries.append((default_id, line.strip()))
+        continue
+      try:
+        row = json.loads(line)
+      except ValueError as e:
+        raise ValueError(f"{path} line {n}: unreadable line: {e}") from None
+      text = row.get("prompt", row.get("caption")) if isinstance(row, dict) else None
+      if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"{path} line {n}: a row must be a JSON object with a non-empty 'prompt' (or 'caption')")
+      prompt_id = row.get("id", default_id)
+      if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
+        raise ValueError(f"{path} line {n}: 'id' must be a string or an integer, got {prompt_id!r}")
+      entries.append((prompt_id, text))
+  if not entries:
+    raise ValueError(f"{path} holds no prompts")
+  names = collections.Counter(str(prompt_id) for prompt_id, _ in entries)
+  duplicates = [name for name, count in names.items() if count > 1]
+  if duplicates:
+    raise ValueError(f"{path}: duplicate prompt ids {', '.join(map(repr, duplicates[:20]))}"
+                     f"{', ...' if len(duplicates) > 20 else ''} (ids name the image files)")
+  unusable = [name for name in names if name in ("", ".", "..") or any(c in name for c in "/\\\0")]
+  if unusable:
+    raise ValueError(f"{path}: prompt ids {', '.join(map(repr, unusable[:20]))} cannot name image files")
+  return entries
+
+
+def _check_sdxl_folder(folder: str) -> None:
+  """Exits with a message unless `folder` is a converted SDXL pipeline."""
+  config_file = os.path.join(folder, "config.json")
+  hint = "convert a diffusers SDXL pipeline with `python -m converters.sdxl --src SRC --dst DIR`"
+  if not os.path.isfile(config_file):
+    sys.exit(f"error: {folder} is not a converted SDXL pipeline folder: {config_file} is missing ({hint})")
+  with open(config_file, encoding="utf-8") as f:
+    model_type = json.load(f).get("model_type")
+  if model_type != "sdxl":
+    sys.exit(f"error: {folder} is not an SDXL pipeline folder: its model_type is {model_type!r}, not 'sdxl' ({hint})")
+
+
+def _load_sdxl(folder: str, dtype: str):
+  """The SDXLPipeline of a checked folder; exits with a message when a component is missing."""
+  import jax.numpy as jnp
+
+  import ureward_jax
+
+  try:
+    return ureward_jax.load(folder, dtype=jnp.dtype(dtype))
+  except FileNotFoundError as e:
+    sys.exit(f"error: {e}")
+
+
+def _check_settings(path: str, settings: dict) -> bool:
+  """Whether `path` (the settings of the images already in --out) is still to be written; exits when it records
+  other settings."""
+  if not os.path.exists(path):
+    return True
+  with open(path, encoding="utf-8") as f:
+    recorded = json.load(f)
+  changed = [f"--{key.replace('_', '-')} {recorded.get(key)} (now {settings[key]})" for key in _GENERATE_SETTINGS
+             if recorded.get(key) != settings[key]]
+  if changed:
+    sys.exit(f"error: the images in {os.path.dirname(path)} were made with {', '.join(changed)}; re-run with those "
+             "settings or choose another --out")
+  return False
+
+
+def _save_png(image, path: str) -> None:
+  """Write under a temporary name, then rename: an interrupted write never leaves a partial PNG at `path`."""
+  from PIL import Image
+
+  temporary = path + ".tmp"
+  Image.fromarray(image).save(temporary, format="PNG")
+  os.replace(temporary, path)
+
+
+def _candidates(prompt_id, n: int) -> list[str]:
+  return [f"images/{prompt_id}_{k}.png" for k in range(n)]
+
+
+def _write_finished(out, queue: collections.deque, left: collections.Counter, n: int) -> int:
+  """Append the lines of the prompts at the head of `queue` whose images are all saved (`left` 0), in file order;
+  the number written."""
+  written = 0
+  while queue and left[queue[0][1]] == 0:
+    _, prompt_id, text = queue.popleft()
+    out.write(json.dumps({"id": prompt_id, "prompt": text, "candidates": _candidates(prompt_id, n)},
+                         ensure_ascii=False) + "\n")
+    written += 1
+  out.flush()
+  return written
+
+
+def _generate(args) -> int:
+  started = time.perf_counter()
+  if not os.path.isfile(args.prompts):
+    sys.exit(f"error: {args.prompts} is not a file")
+  entries, n = _read_prompts(args.prompts), args.num_per_prompt
+  if n % 2:
+    print(f"warning: --num-per-prompt {n} is odd; build-pairs judges candidates two by two and needs an even number "
+          "(at least 2) per prompt", file=sys.stderr)
+  _check_sdxl_folder(args.model)
+  settings = {key: getattr(args, key) for key in _GENERATE_SETTINGS} | {"model": os.path.abspath(args.model)}
+  settings_file, output = os.path.join(args.out, "generate.json"), os.path.join(args.out, "candidates.jsonl")
+  os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
+  settings_due = _check_settings(settings_file, settings)
+  done = _done_ids(output)
+  pending = [(i, prompt_id, text) for i, (prompt_id, text) in enumerate(entries) if prompt_id not in done]
+  # (prompt id, noise index, prompt, file) of each image still to make; those an interrupted run saved are kept.
+  jobs = [(prompt_id, i * n + k, text, os.path.join(args.out, path)) for i, prompt_id, text in pending
+          for k, path in enumerate(_candidates(prompt_id, n)) if not os.path.exists(os.path.join(args.out, path))]
+  left = collections.Counter(job[0] for job in jobs)
+  pipeline = _load_sdxl(args.model, args.dtype) if jobs else None
+  # Every batch has one size (the last one padded), so the pipeline compiles once.
+  size, queue, lines = max(1, min(args.batch_size, len(jobs))), collections.deque(pending), 0
+  with open(output, "a", encoding="utf-8") as out, tqdm(total=len(jobs), unit="image", desc="generating") as bar:
+    lines += _write_finished(out, queue, left, n)
+    for start in range(0, len(jobs), size):
+      chunk = jobs[start:start + size]
+      padded = chunk + chunk[-1:] * (size - len(chunk))
+      images = pipeline([job[2] for job in padded], num_inference_steps=args.steps, height=args.height,
+                        width=args.width, seed=args.seed, indices=[job[1] for job in padded])
+      if settings_due:
+        with open(settings_file, "w", encoding="utf-8") as f:
+          json.dump(settings, f, indent=1)
+        settings_due = False
+      for job, image in zip(chunk, images):
+        _save_png(image, job[3])
+        left[job[0]] -= 1
+      lines += _write_finished(out, queue, left, n)
+      bar.update(len(chunk))
+  print(f"{lines} prompts done, {len(entries) - len(pending)} already in {output}; {len(jobs)} images written, "
+        f"{len(pending) * n - len(jobs)} kept from an interrupted run; {time.perf_counter() - started:.1f} s",
+        file=sys.stderr)
+  return 0
+
+
 def _rows_of(path: str) -> list[dict]:
   rows, duplicates = _read_rows(path)
   if duplicates:
@@ -251,6 +417,22 @@ def _parser() -> argparse.ArgumentParser:
     _judging_arguments(command)
   # The sifting scripts judge images and frames resized to 512².
   build.set_defaults(resize=512)
+
+  generate = commands.add_parser("generate", help="sample candidate images per prompt with an SDXL pipeline")
+  generate.add_argument("--model", required=True, help="converted SDXL pipeline folder (python -m converters.sdxl)")
+  generate.add_argument("--prompts", required=True,
+                        help="text file, one prompt per line, or .jsonl with 'prompt' (or 'caption') and optional 'id'")
+  generate.add_argument("--num-per-prompt", type=int, required=True,
+                        help="images per prompt (build-pairs needs an even number)")
+  generate.add_argument("--out", required=True,
+                        help="folder of images/ and candidates.jsonl (appended to; ids already there are skipped)")
+  generate.add_argument("--steps", type=int, default=1, help="sampling steps (SDXL-Turbo: 1 to 4)")
+  generate.add_argument("--height", type=int, default=512)
+  generate.add_argument("--width", type=int, default=512)
+  generate.add_argument("--seed", type=int, default=0, help="image k of prompt i draws noise (seed, i × N + k)")
+  generate.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
+  generate.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  generate.set_defaults(run=_generate)
   return parser
 
 
@@ -275,7 +457,7 @@ def _judging_arguments(command: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  for name in ("batch_size", "prompts_per_batch", "num_candidates"):
+  for name in ("batch_size", "prompts_per_batch", "num_candidates", "num_per_prompt", "steps", "height", "width"):
     if getattr(args, name, 1) < 1:
       sys.exit(f"error: --{name.replace('_', '-')} must be at least 1")
   try:

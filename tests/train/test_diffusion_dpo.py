@@ -37,6 +37,10 @@ def test_loss_equals_the_formula(beta):
   assert float(metrics["implicit_acc"]) == pytest.approx(want_acc)
   mse = ((model_pred - target) ** 2).reshape(6, -1).mean(1)
   assert float(metrics["model_mse"]) == pytest.approx(0.5 * (mse[:3].mean() + mse[3:].mean()), rel=1e-5)
+  # A zero-weight pair (unreadable images) counts for nothing.
+  weighted, _ = D.diffusion_dpo_loss(model_pred, ref_pred, target, beta, jnp.asarray([1.0, 0.0, 1.0]))
+  keep = np.asarray([0, 2, 3, 5])
+  np.testing.assert_allclose(weighted, numpy_loss(model_pred[keep], ref_pred[keep], target[keep], beta)[0], rtol=1e-5)
   with pytest.raises(ValueError, match="even number"):
     D.diffusion_dpo_loss(model_pred[:5], ref_pred[:5], target[:5], beta)
 

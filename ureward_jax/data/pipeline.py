@@ -125,5 +125,6 @@ def to_device(batch: dict, grad_accum: int, sharding: jax.sharding.Sharding) -> 
 def batch_stats(batch: dict) -> dict:
   """Host-side counts for the metrics: bad records, truncated samples, and the bad records' source indices."""
   bad = batch["bad"].astype(bool)
-  return dict(bad=int(bad.sum()), truncated=int(batch["truncated"].sum()), bad_indices=batch["index"][bad].tolist())
+  truncated = int(batch["truncated"].sum()) if "truncated" in batch else 0   # image pairs are never truncated
+  return dict(bad=int(bad.sum()), truncated=truncated, bad_indices=batch["index"][bad].tolist())
 

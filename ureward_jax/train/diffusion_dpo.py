@@ -6,8 +6,8 @@ launcher; diffusers' research example writes it without the ½). Turbo checkpoin
 schedule at t ∈ {249, 499, 749, 999}, the timesteps of their 4-step sampler.
 
 A micro-batch holds B pairs, winners first: the VAE posterior of each image (`latent_mean`, `latent_logvar`, (2B, h, w,
-4), winners in rows [0, B), losers in [B, 2B)) and each pair's conditioning (`prompt_embeds` (B, 77, D),
-`text_embeds` (B, P), `time_ids` (B, 6)). `encode_pairs` makes them from pixels and token ids with the frozen VAE and
+4), winners in rows [0, B), losers in [B, 2B)), each pair's conditioning (`prompt_embeds` (B, 77, D),
+`text_embeds` (B, P), `time_ids` (B, 6)) and optionally its `weight` (B,), 0 for an unreadable pair. `encode_pairs` makes them from pixels and token ids with the frozen VAE and
 text encoders, in the step's input pipeline or once ahead of training; the step samples the posterior itself, as
 the original does with `latent_dist.sample()`.
 """
@@ -28,10 +28,11 @@ from ureward_jax.models.unet2d import UNet2DConditionModel
 PAIR_KEYS = ("latent_mean", "latent_logvar", "prompt_embeds", "text_embeds", "time_ids")
 
 
-def diffusion_dpo_loss(model_pred: jax.Array, ref_pred: jax.Array, target: jax.Array, beta: float
-                       ) -> tuple[jax.Array, dict[str, jax.Array]]:
+def diffusion_dpo_loss(model_pred: jax.Array, ref_pred: jax.Array, target: jax.Array, beta: float,
+                       weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(loss, metrics) for predictions and target (2B, ...) laid out [winners; losers], in fp32.
 
+  weights (B,): each pair's share of the means (0 for a pair whose images could not be read); None = all 1.
   metrics: `implicit_acc` (share of pairs where the policy moved towards the winner more than the reference,
   inside > 0), `model_mse` / `ref_mse` (the plain denoising losses, ½ of winners' mean + losers' mean).
   """
@@ -44,10 +45,11 @@ def diffusion_dpo_loss(model_pred: jax.Array, ref_pred: jax.Array, target: jax.A
   model_w, model_l = jnp.split(model_mse, 2)
   ref_w, ref_l = jnp.split(ref_mse, 2)
   inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
-  loss = -jnp.mean(jax.nn.log_sigmoid(inside))
-  metrics = {"implicit_acc": jnp.mean(inside > 0), "model_mse": 0.5 * (jnp.mean(model_w) + jnp.mean(model_l)),
-             "ref_mse": 0.5 * (jnp.mean(ref_w) + jnp.mean(ref_l))}
-  return loss, metrics
+  weights = jnp.ones_like(inside) if weights is None else weights.astype(jnp.float32)
+  mean = lambda x: jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1.0)  # noqa: E731
+  metrics = {"implicit_acc": mean(inside > 0), "model_mse": 0.5 * (mean(model_w) + mean(model_l)),
+             "ref_mse": 0.5 * (mean(ref_w) + mean(ref_l))}
+  return mean(-jax.nn.log_sigmoid(inside)), metrics
 
 
 def training_alphas_cumprod(turbo: bool, scheduler_config: dict | None = None) -> np.ndarray:
@@ -89,7 +91,7 @@ def make_loss_fn(module: UNet2DConditionModel, beta: float, alphas_cumprod: np.n
       return module.apply({"params": p}, noisy, timesteps, *cond)
     model_pred = predict(params)
     ref_pred = jax.lax.stop_gradient(predict(reference_params))
-    return diffusion_dpo_loss(model_pred, ref_pred, noise, beta)
+    return diffusion_dpo_loss(model_pred, ref_pred, noise, beta, mb.get("weight"))
 
   return loss_fn
 

@@ -72,7 +72,10 @@ class Loop:
         stats = batch_stats(batch)
         skipped_ids += self.record_ids(stats.pop("bad_indices"))
         extra = {k: float(v) for k, v in metrics.items() if k not in ("loss", "grad_norm")}
-        window.append(dict(loss=loss, grad_norm=float(metrics["grad_norm"]), tokens=int(batch["attention_mask"].sum()),
+        # Token batches count tokens; image batches (Diffusion-DPO) count their records.
+        tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else None
+        window.append(dict(loss=loss, grad_norm=float(metrics["grad_norm"]), tokens=tokens,
+                           samples=len(batch["index"]),
                            flops=self.flops(batch), extra=extra, **stats))
         if state.step % self.log_every == 0 or state.step == self.num_steps:
           self._log(state.step, window, time.perf_counter() - start, skipped_ids)
@@ -92,8 +95,10 @@ class Loop:
   def _log(self, step: int, window: list[dict], seconds: float, skipped_ids: list[str]):
     total = lambda key: sum(w[key] for w in window)
     row = dict(loss=float(np.mean([w["loss"] for w in window])), grad_norm=window[-1]["grad_norm"],
-               learning_rate=float(self.learning_rate(step - 1)), tokens_per_second=total("tokens") / seconds,
+               learning_rate=float(self.learning_rate(step - 1)), samples_per_second=total("samples") / seconds,
                skipped_records=total("bad"), truncated_samples=total("truncated"), seconds_per_step=seconds / len(window))
+    if window[-1]["tokens"] is not None:
+      row["tokens_per_second"] = total("tokens") / seconds
     for key in window[-1]["extra"]:   # further scalars of the step (DPO rewards), averaged like the loss
       row[key] = float(np.mean([w["extra"][key] for w in window]))
     if self.peak_flops:

@@ -1,0 +1,163 @@
+"""Diffusion-DPO of an SDXL(-Turbo) UNet: what `launch.train` runs when `train.objective = "diffusion_dpo"`.
+
+  python -m launch.train --config=configs/dpo_sdxl_turbo.py --config.workdir=/runs/sdxl-dpo \\
+      --config.model.checkpoint=/ckpt/sdxl-turbo-jax --config.data.train=/data/pairs.jsonl
+
+`model.checkpoint` is a pipeline folder made by `converters.sdxl`. Its UNet is trained and sharded on the mesh; a
+copy in `diffusion_dpo.reference_dtype` is the frozen reference; the VAE and both text encoders encode each
+micro-batch (frozen, in the same process) before the step. Workdir, checkpoints, metrics, resumption and SIGTERM
+behave as for every other objective (`train.loop`).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from ureward_jax import parallel, pretrained
+from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
+from ureward_jax.models import clip_text, unet2d, vae
+from ureward_jax.train import diffusion_dpo
+from ureward_jax.train.checkpoint import Checkpointer
+from ureward_jax.train.loop import Loop, LoopState
+from ureward_jax.train.metrics import MetricsWriter
+from ureward_jax.train.optim import learning_rate_schedule
+
+OPTIMIZERS = ("adafactor", "adamw")
+
+
+def _component(folder: str, name: str, module, config_cls, mesh, dtype=None):
+  """(config, placed params) of one component of the pipeline folder, sharded by its logical axes."""
+  config = config_cls.from_dict(pretrained.read_config(os.path.join(folder, name)))
+  shardings = parallel.param_shardings(module.param_shapes(config, boxed=True), mesh)
+  params = pretrained.load_params(os.path.join(folder, name), dtype or np.float32)
+  return config, parallel.place(params, shardings), shardings
+
+
+def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation, float]:
+  """(optimizer, peak learning rate): `optim.lr`, times the pairs per optimiser step when `optim.scale_lr`
+  (DiffusionDPO's `--scale_lr`: lr × accumulation × per-GPU batch × GPUs)."""
+  o = config.optim
+  if o.name not in OPTIMIZERS:
+    raise ValueError(f"optim.name {o.name!r} is not supported for Diffusion-DPO; choose one of {OPTIMIZERS}")
+  lr = o.lr * (config.data.batch_size if o.get("scale_lr", False) else 1)
+  schedule = learning_rate_schedule(lr, num_steps, o.schedule, o.warmup_ratio)
+  if o.name == "adafactor":
+    return diffusion_dpo.adafactor(schedule, o.weight_decay, o.get("clip_threshold", 1.0), o.clip_norm), lr
+  chain = [optax.clip_by_global_norm(o.clip_norm)] if o.clip_norm else []
+  return optax.chain(*chain, optax.adamw(schedule, weight_decay=o.weight_decay)), lr
+
+
+def train(config: ml_collections.ConfigDict) -> LoopState:
+  folder = config.model.checkpoint
+  if not folder or pretrained.read_config(folder).get("model_type") != "sdxl":
+    raise ValueError(f"model.checkpoint {folder!r} is not a converted SDXL pipeline folder "
+                     "(python -m converters.sdxl --src DIFFUSERS_DIR --dst DIR)")
+  os.makedirs(config.workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+  d, resolution = config.diffusion_dpo, config.data.resolution
+  mesh = parallel.make_mesh(**config.mesh)
+  dtype = jnp.dtype(config.model.dtype)
+  unet_config, params, shardings = _component(folder, "unet", unet2d, unet2d.UNet2DConditionConfig, mesh)
+  module = unet2d.UNet2DConditionModel(unet_config, dtype=dtype, remat=config.remat)
+  vae_config, vae_params, _ = _component(folder, "vae", vae, vae.AutoencoderKLConfig, mesh)
+  text_configs, text_params = [], []
+  for name in ("text_encoder", "text_encoder_2"):
+    text_config, placed, _ = _component(folder, name, clip_text, clip_text.CLIPTextConfig, mesh)
+    text_configs.append(text_config)
+    text_params.append(placed)
+  logging.info("UNet parameters: %d; replicated bytes: %.1f%%", sum(p.size for p in jax.tree.leaves(params)),
+               100 * parallel.replicated_fraction(params))
+
+  records = load_pairs(config.data.train, config.data.get("image_folder") or None)
+  num_steps = config.train.num_steps
+  if config.train.get("num_epochs"):
+    num_steps = math.ceil(config.train.num_epochs * len(records) / config.data.batch_size)
+  optimizer, lr = make_optimizer(config, num_steps)
+  logging.info("%d pairs, %d steps, peak learning rate %g", len(records), num_steps, lr)
+  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
+  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+
+  checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), config.checkpoint.every,
+                              config.checkpoint.keep)
+  # The reference is the starting UNet, never a resumed one; a copy, as the step donates the params.
+  reference = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.dtype(d.reference_dtype)), p),
+                      out_shardings=shardings)(params)
+  state, next_batch = LoopState(0, params, opt_state), 0
+  if (latest := checkpointer.latest_step()) is not None:
+    state.params, state.opt_state, data_state = checkpointer.restore(latest, params, opt_state)
+    state.step, next_batch = latest, int(data_state["next_batch"])
+    logging.info("resumed from step %d", latest)
+
+  accum = config.train.grad_accum
+  data = PairDataConfig(global_batch=config.data.batch_size, grad_accum=accum, resolution=resolution,
+                        random_flip=config.data.random_flip, seed=config.seed, workers=config.data.workers)
+  stream = pair_batches(records, data, os.path.join(folder, "tokenizer"), os.path.join(folder, "tokenizer_2"),
+                        start=next_batch)
+  micro = config.data.batch_size // accum // jax.process_count()
+  if micro % parallel.batch_shards(mesh):
+    raise ValueError(f"a micro-batch of {micro} pairs cannot be split over {parallel.batch_shards(mesh)} data × "
+                     "fsdp devices; lower grad_accum or raise batch_size")
+  rows = parallel.data_sharding(mesh, batch_axis=1)
+
+  vae_module = vae.AutoencoderKL(vae_config)
+  text_modules = [clip_text.CLIPTextModel(c, dtype=dtype) for c in text_configs]
+
+  frozen = (vae_params, *text_params)
+
+  @functools.partial(jax.jit, out_shardings=rows)
+  def encode(frozen, pixels, ids, ids_2, weight):
+    """Each micro-batch's `PAIR_KEYS` arrays, from the frozen encoders' params `frozen` (passed, not closed over:
+    a constant would copy them into the program), (A, ...)."""
+    def one(inputs):
+      p, i, i2 = inputs
+      return diffusion_dpo.encode_pairs(vae_module, frozen[0], text_modules[0], frozen[1], text_modules[1], frozen[2],
+                                        p, i, i2, resolution, resolution)
+    return jax.lax.map(one, (pixels, ids, ids_2)) | {"weight": weight}
+
+  alphas = diffusion_dpo.training_alphas_cumprod(d.turbo, _scheduler_config(folder))
+  step = diffusion_dpo.make_diffusion_dpo_step(module, optimizer, d.beta, alphas, vae_config.scaling_factor, d.turbo)
+  jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+  host = {"pixels": ((accum, 2 * micro, resolution, resolution, 3), np.float32),
+          "ids": ((accum, micro, 77), np.int32), "ids_2": ((accum, micro, 77), np.int32),
+          "weight": ((accum, micro), np.float32)}
+  with parallel.activation_rules(mesh):
+    encoded = jax.eval_shape(encode, frozen, *(jax.ShapeDtypeStruct(s, t, sharding=rows) for s, t in host.values()))
+    encoded = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rows) for k, v in encoded.items()}
+    compiled = jitted.lower(state.params, state.opt_state, encoded, reference, jax.random.key(0)).compile()
+
+  def place(batch):
+    arrays = [jax.make_array_from_process_local_data(rows, batch[key]) for key in host]
+    with parallel.activation_rules(mesh):
+      inputs = encode(frozen, *arrays)
+    return {"pairs": inputs, "rng": jax.random.fold_in(jax.random.key(config.seed), batch["number"])}
+
+  numbered = (b | {"number": n} for n, b in enumerate(stream, start=next_batch))
+  loop = Loop(
+      step_for=lambda batch: lambda p, o, b: compiled(p, o, b["pairs"], reference, b["rng"]),
+      place=place, flops=lambda batch: 0.0,
+      record_ids=lambda indices: [str(records[i].get("id", f"#{i}")) for i in indices],
+      num_steps=num_steps, log_every=config.train.log_every, checkpointer=checkpointer,
+      metrics=MetricsWriter(config.workdir, resume_step=state.step),
+      learning_rate=learning_rate_schedule(lr, num_steps, config.optim.schedule, config.optim.warmup_ratio))
+  return loop.run(state, numbered)
+
+
+def _scheduler_config(folder: str) -> dict:
+  path = os.path.join(folder, "scheduler", "scheduler_config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing: the pipeline folder is incomplete")
+  with open(path) as f:
+    return json.load(f)
+
