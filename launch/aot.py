@@ -1,6 +1,7 @@
-"""Compile the exact reward-model training step for a TPU topology on this host, and report whether it fits.
+"""Compile the exact training step of a config for a TPU topology on this host, and report whether it fits.
 
   python -m launch.aot --config=configs/reward_llava_ov_7b.py --topology=v5p-64 [--json]
+  python -m launch.aot --config=configs/dpo_sdxl_turbo.py --topology=v5p-8   # SDXL's UNet without a checkpoint
 
 TPU topologies come from libtpu (the `tpu` extra) and compile under JAX_PLATFORMS=cpu; no TPU is needed. The
 report: `per_device_bytes` (arguments + temporaries + outputs − aliased donations, from XLA's memory analysis),
@@ -21,6 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch import diffusion_train  # noqa: E402
 from launch.train import (  # noqa: E402
   flops_factor,
   objective_of,
@@ -28,9 +30,11 @@ from launch.train import (  # noqa: E402
   sequences_per_micro_batch,
   training_step,
 )
-from ureward_jax import parallel  # noqa: E402
+from ureward_jax import parallel, pretrained  # noqa: E402
 from ureward_jax.data.pipeline import batch_shapes  # noqa: E402
+from ureward_jax.models import unet2d  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
+from ureward_jax.models.vae import AutoencoderKLConfig  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
 
@@ -53,7 +57,9 @@ def topology_devices(name: str) -> list:
 
 def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = None) -> dict:
   """Lower and compile the training step of `config` (SFT, or DPO with its reference) for `devices`; returns the
-  report."""
+  report. Diffusion-DPO configs go to `compile_diffusion_step`."""
+  if objective_of(config) == "diffusion_dpo":
+    return compile_diffusion_step(config, devices)
   model = model or PRESETS[config.model.preset]
   if config.data.batch_size % config.train.grad_accum:
     raise ValueError(f"batch_size {config.data.batch_size} is not a multiple of grad_accum {config.train.grad_accum}")
@@ -88,19 +94,54 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
                      donate_argnums=(0, 1))
     compiled = jitted.lower(params, state, batch, *extra).compile()
   seconds = time.perf_counter() - start
-  memory = compiled.memory_analysis()
-  per_device = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
-                - memory.alias_size_in_bytes)
-  kind = devices[0].device_kind
   tokens = config.data.batch_size * per_sample * config.data.max_length
-  return dict(topology=str(devices[0].platform) + f" × {len(devices)} ({kind})", devices=len(devices),
-              mesh=dict(mesh.shape), parameters=param_count(params), per_device_bytes=int(per_device),
-              hbm_bytes=HBM_BYTES.get(kind), fits=per_device <= HBM_BYTES.get(kind, float("inf")),
+  return dict(_memory_report(compiled, devices, mesh), parameters=param_count(params),
               replicated_param_fraction=parallel.replicated_fraction(params, shardings),
               model_flops_per_step=flops_factor(config) * model_flops_per_step(
                   model, tokens, config.data.batch_size * per_sample * config.data.patches_per_sample,
                   config.data.max_length),
               compile_seconds=round(seconds, 1))
+
+
+def compile_diffusion_step(config, devices, unet_config: unet2d.UNet2DConditionConfig | None = None,
+                           downsample: int = 8) -> dict:
+  """The Diffusion-DPO step of `config` (policy UNet, optimiser state and the frozen reference UNet, micro-batches of
+  encoded pairs) for `devices`. The UNet is the checkpoint's, else `unet_config`, else SDXL's; `downsample` is the
+  VAE's pixels per latent (SDXL: 8). The frozen encoders run outside the step and are not counted."""
+  if config.model.checkpoint:
+    unet_config = unet2d.UNet2DConditionConfig.from_dict(
+        pretrained.read_config(os.path.join(config.model.checkpoint, "unet")))
+  unet_config = unet_config or unet2d.UNet2DConditionConfig()
+  mesh = parallel.make_mesh(**config.mesh, devices=devices)
+  micro = diffusion_train.pairs_per_micro_batch(config, mesh)
+  shardings = parallel.param_shardings(unet2d.param_shapes(unet_config, boxed=True), mesh)
+  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                        unet2d.param_shapes(unet_config), shardings)
+  reference = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(config.diffusion_dpo.reference_dtype),
+                                                          sharding=p.sharding), params)
+  optimizer, _ = diffusion_train.make_optimizer(config, max(config.train.num_steps, 1))
+  start = time.perf_counter()
+  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(optimizer.init, params), opt_shardings)
+  batch = diffusion_train.pair_shapes(config, unet_config, micro, downsample, parallel.data_sharding(mesh, 1))
+  step = diffusion_train.training_step(config, unet_config, optimizer, AutoencoderKLConfig.scaling_factor)
+  with parallel.activation_rules(mesh):
+    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+    compiled = jitted.lower(params, state, batch, reference, jax.random.key(0)).compile()
+  return dict(_memory_report(compiled, devices, mesh), parameters=param_count(params),
+              replicated_param_fraction=parallel.replicated_fraction(params, shardings),
+              pairs_per_micro_batch=micro, compile_seconds=round(time.perf_counter() - start, 1))
+
+
+def _memory_report(compiled, devices, mesh) -> dict:
+  memory = compiled.memory_analysis()
+  per_device = (memory.argument_size_in_bytes + memory.temp_size_in_bytes + memory.output_size_in_bytes
+                - memory.alias_size_in_bytes)
+  kind = devices[0].device_kind
+  return dict(topology=str(devices[0].platform) + f" × {len(devices)} ({kind})", devices=len(devices),
+              mesh=dict(mesh.shape), per_device_bytes=int(per_device), hbm_bytes=HBM_BYTES.get(kind),
+              fits=per_device <= HBM_BYTES.get(kind, float("inf")))
 
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/reward_llava_ov_7b.py")

@@ -57,11 +57,43 @@ def make_optimizer(config, num_steps: int) -> tuple[optax.GradientTransformation
   return optax.chain(*chain, optax.adamw(schedule, weight_decay=o.weight_decay)), lr
 
 
-def train(config: ml_collections.ConfigDict) -> LoopState:
-  folder = config.model.checkpoint
+def check_pipeline_folder(folder: str) -> None:
   if not folder or pretrained.read_config(folder).get("model_type") != "sdxl":
     raise ValueError(f"model.checkpoint {folder!r} is not a converted SDXL pipeline folder "
                      "(python -m converters.sdxl --src DIFFUSERS_DIR --dst DIR)")
+
+
+def training_step(config, unet_config: unet2d.UNet2DConditionConfig, optimizer, scaling_factor: float,
+                  scheduler_config: dict | None = None):
+  """The config's Diffusion-DPO step (`diffusion_dpo.make_diffusion_dpo_step`) for this UNet."""
+  d = config.diffusion_dpo
+  module = unet2d.UNet2DConditionModel(unet_config, dtype=jnp.dtype(config.model.dtype), remat=config.remat)
+  alphas = diffusion_dpo.training_alphas_cumprod(d.turbo, scheduler_config)
+  return diffusion_dpo.make_diffusion_dpo_step(module, optimizer, d.beta, alphas, scaling_factor, d.turbo)
+
+
+def pairs_per_micro_batch(config, mesh) -> int:
+  micro = config.data.batch_size // config.train.grad_accum // jax.process_count()
+  if config.data.batch_size % config.train.grad_accum or micro % parallel.batch_shards(mesh):
+    raise ValueError(f"batch_size {config.data.batch_size} in {config.train.grad_accum} micro-batches cannot be "
+                     f"split over {parallel.batch_shards(mesh)} data × fsdp devices; change grad_accum or batch_size")
+  return micro
+
+
+def pair_shapes(config, unet_config: unet2d.UNet2DConditionConfig, micro: int, downsample: int, sharding) -> dict:
+  """The step's batch as `jax.ShapeDtypeStruct`s (A, ...): what the frozen encoders hand it."""
+  accum, side = config.train.grad_accum, config.data.resolution // downsample
+  pooled = unet_config.projection_class_embeddings_input_dim - 6 * unet_config.addition_time_embed_dim
+  shaped = lambda shape: jax.ShapeDtypeStruct((accum,) + shape, jnp.float32, sharding=sharding)  # noqa: E731
+  latent = shaped((2 * micro, side, side, unet_config.in_channels))
+  return {"latent_mean": latent, "latent_logvar": latent,
+          "prompt_embeds": shaped((micro, 77, unet_config.cross_attention_dim)), "text_embeds": shaped((micro, pooled)),
+          "time_ids": shaped((micro, 6)), "weight": shaped((micro,))}
+
+
+def train(config: ml_collections.ConfigDict) -> LoopState:
+  folder = config.model.checkpoint
+  check_pipeline_folder(folder)
   os.makedirs(config.workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
@@ -70,7 +102,6 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   mesh = parallel.make_mesh(**config.mesh)
   dtype = jnp.dtype(config.model.dtype)
   unet_config, params, shardings = _component(folder, "unet", unet2d, unet2d.UNet2DConditionConfig, mesh)
-  module = unet2d.UNet2DConditionModel(unet_config, dtype=dtype, remat=config.remat)
   vae_config, vae_params, _ = _component(folder, "vae", vae, vae.AutoencoderKLConfig, mesh)
   text_configs, text_params = [], []
   for name in ("text_encoder", "text_encoder_2"):
@@ -105,10 +136,7 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
                         random_flip=config.data.random_flip, seed=config.seed, workers=config.data.workers)
   stream = pair_batches(records, data, os.path.join(folder, "tokenizer"), os.path.join(folder, "tokenizer_2"),
                         start=next_batch)
-  micro = config.data.batch_size // accum // jax.process_count()
-  if micro % parallel.batch_shards(mesh):
-    raise ValueError(f"a micro-batch of {micro} pairs cannot be split over {parallel.batch_shards(mesh)} data × "
-                     "fsdp devices; lower grad_accum or raise batch_size")
+  micro = pairs_per_micro_batch(config, mesh)
   rows = parallel.data_sharding(mesh, batch_axis=1)
 
   vae_module = vae.AutoencoderKL(vae_config)
@@ -126,15 +154,13 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
                                         p, i, i2, resolution, resolution)
     return jax.lax.map(one, (pixels, ids, ids_2)) | {"weight": weight}
 
-  alphas = diffusion_dpo.training_alphas_cumprod(d.turbo, _scheduler_config(folder))
-  step = diffusion_dpo.make_diffusion_dpo_step(module, optimizer, d.beta, alphas, vae_config.scaling_factor, d.turbo)
+  step = training_step(config, unet_config, optimizer, vae_config.scaling_factor, _scheduler_config(folder))
   jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
   host = {"pixels": ((accum, 2 * micro, resolution, resolution, 3), np.float32),
           "ids": ((accum, micro, 77), np.int32), "ids_2": ((accum, micro, 77), np.int32),
           "weight": ((accum, micro), np.float32)}
+  encoded = pair_shapes(config, unet_config, micro, vae_config.downsample_factor, rows)
   with parallel.activation_rules(mesh):
-    encoded = jax.eval_shape(encode, frozen, *(jax.ShapeDtypeStruct(s, t, sharding=rows) for s, t in host.values()))
-    encoded = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=rows) for k, v in encoded.items()}
     compiled = jitted.lower(state.params, state.opt_state, encoded, reference, jax.random.key(0)).compile()
 
   def place(batch):

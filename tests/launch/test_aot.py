@@ -10,10 +10,14 @@ pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `ma
 
 import configs.demo as demo_config  # noqa: E402
 import configs.dpo_llava_ov_7b as dpo_config  # noqa: E402
+import configs.dpo_sdxl_turbo as sdxl_dpo_config  # noqa: E402
 import configs.reward_llava_ov_7b as reward_config  # noqa: E402
-from launch.aot import compile_train_step, topology_devices  # noqa: E402
+from launch.aot import compile_diffusion_step, compile_train_step, topology_devices  # noqa: E402
+from tests import tiny_sdxl  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, param_shapes  # noqa: E402
+from ureward_jax.models.unet2d import UNet2DConditionConfig  # noqa: E402
+from ureward_jax.models.unet2d import param_shapes as unet_param_shapes  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import param_count  # noqa: E402
 
@@ -78,3 +82,17 @@ def test_model_flops_scale_with_tokens():
   assert model_flops_per_step(seven_b, tokens=2000, patches=0, length=1000) == pytest.approx(2 * one)
   # ≈ 6 × 7.07 B matmul parameters per token (models.md §2), plus attention.
   assert 6 * 7.0e9 * 1000 < one < 6 * 7.3e9 * 1000
+
+
+def test_diffusion_dpo_step_compiles_with_its_reference():
+  """The Diffusion-DPO step of configs/dpo_sdxl_turbo.py with a tiny UNet: policy, Adafactor state and a bf16
+  reference UNet as sharded arguments, micro-batches of encoded pairs."""
+  config = sdxl_dpo_config.get_config()
+  config.data.update(batch_size=8, resolution=16)
+  config.train.update(grad_accum=1)
+  config.remat = "none"
+  unet_config = UNet2DConditionConfig.from_dict(tiny_sdxl.UNET)
+  report = compile_diffusion_step(config, topology_devices("v5e-4"), unet_config, downsample=2)
+  assert report["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1} and report["pairs_per_micro_batch"] == 8
+  assert report["fits"] and report["parameters"] == param_count(unet_param_shapes(unet_config))
+  assert report["replicated_param_fraction"] < 0.1
