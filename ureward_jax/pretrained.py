@@ -47,7 +47,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
   path = Path(path)
   if not (path / CONFIG).exists():
     raise FileNotFoundError(f"{path} is not a converted checkpoint folder: {CONFIG} is missing "
-                            "(convert a PyTorch checkpoint first, e.g. `python -m converters.llava_onevision`)")
+                            "(convert a PyTorch checkpoint first: `python -m converters.llava_onevision` or `converters.sdxl`)")
   return json.loads((path / CONFIG).read_text())
 
 
