@@ -69,5 +69,5 @@ def test_latents_and_images_match_diffusers(sdxl, ours, steps):
 
 def test_image_size_is_checked_before_compiling(ours):
   # Per-image seeding and batching: tests/generation/test_generate_cli.py, which compares against this call.
-  with pytest.raises(ValueError, match="multiples of 4"):
-    ours(PROMPTS, height=66, width=64)
+  with pytest.raises(ValueError, match="multiples of 2"):
+    ours(PROMPTS, height=65, width=64)
