@@ -63,9 +63,6 @@ class InMemoryTensor:
     return self.array
 
 
-def in_memory(arrays: Mapping[str, np.ndarray]) -> dict[str, InMemoryTensor]:
-  return {name: InMemoryTensor(np.asarray(array)) for name, array in arrays.items()}
-
 
 def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
   with open(path, "rb") as f:

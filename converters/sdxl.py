@@ -57,13 +57,9 @@ def _source_name(path: str, ndim: int) -> Rule:
   return rule
 
 
-def rules(shapes: Mapping[str, tuple[int, ...]], prefix: str = "") -> list[Rule]:
-  """The name table for a flat {our path: shape}; `prefix` is prepended to every source name."""
-  table = []
-  for path, shape in shapes.items():
-    rule = _source_name(path, len(shape))
-    table.append(Rule(rule.target, prefix + rule.source, rule.kind))
-  return table
+def rules(shapes: Mapping[str, tuple[int, ...]]) -> list[Rule]:
+  """The name table for a flat {our path: shape}."""
+  return [_source_name(path, len(shape)) for path, shape in shapes.items()]
 
 
 def stacks(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -77,28 +73,25 @@ def stacks(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
   return out
 
 
-def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor], shapes: Mapping,
-                        prefix: str = "", dtype=None, ignore=()) -> dict:
+def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor], shapes: Mapping, dtype=None,
+                        ignore=()) -> dict:
   """Our nested params from source tensors (a state dict as numpy arrays, or `open_safetensors` of a folder).
 
   shapes: the model's parameter tree of `jax.ShapeDtypeStruct`s (its `param_shapes`).
   """
   tensors = {k: v if hasattr(v, "load") else common.InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
   flat_shapes = {k: tuple(v.shape) for k, v in common.flatten(shapes).items()}
-  flat = common.convert(tensors, rules(flat_shapes, prefix), flat_shapes, stacks(flat_shapes), dtype=dtype,
+  flat = common.convert(tensors, rules(flat_shapes), flat_shapes, stacks(flat_shapes), dtype=dtype,
                         ignore=ignore)
   return common.unflatten(flat)
 
 
 # --- folders -----------------------------------------------------------------------------------------------------
 
-# A component's class (diffusers `_class_name`, transformers `architectures[0]`) → our model_type and its module.
-COMPONENTS = {
-    "UNet2DConditionModel": ("unet2d_condition", "ureward_jax.models.unet2d", "UNet2DConditionConfig"),
-    "AutoencoderKL": ("autoencoder_kl", "ureward_jax.models.vae", "AutoencoderKLConfig"),
-    "CLIPTextModel": ("clip_text", "ureward_jax.models.clip_text", "CLIPTextConfig"),
-    "CLIPTextModelWithProjection": ("clip_text", "ureward_jax.models.clip_text", "CLIPTextConfig"),
-}
+# A component's class (diffusers `_class_name`, transformers `architectures[0]`) → our model_type, whose module and
+# config class `pretrained.SINGLE_DEVICE_MODELS` names.
+COMPONENTS = {"UNet2DConditionModel": "unet2d_condition", "AutoencoderKL": "autoencoder_kl",
+              "CLIPTextModel": "clip_text", "CLIPTextModelWithProjection": "clip_text"}
 # The sub-folders of a diffusers SDXL pipeline that hold weights, and those copied as they are.
 PIPELINE_MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 PIPELINE_FILES = ("tokenizer", "tokenizer_2", "scheduler")
@@ -117,7 +110,9 @@ def component_class(config: dict, where) -> str:
 
 
 def _module(class_name: str):
-  model_type, module_name, config_name = COMPONENTS[class_name]
+  """(our model_type, its model module, its config class) for a component class."""
+  model_type = COMPONENTS[class_name]
+  module_name, config_name, _ = pretrained.SINGLE_DEVICE_MODELS[model_type]
   module = importlib.import_module(module_name)
   return model_type, module, getattr(module, config_name)
 

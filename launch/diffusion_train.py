@@ -35,11 +35,11 @@ from ureward_jax.train.optim import learning_rate_schedule
 OPTIMIZERS = ("adafactor", "adamw")
 
 
-def _component(folder: str, name: str, module, config_cls, mesh, dtype=None):
+def _component(folder: str, name: str, module, config_cls, mesh):
   """(config, placed params) of one component of the pipeline folder, sharded by its logical axes."""
   config = config_cls.from_dict(pretrained.read_config(os.path.join(folder, name)))
   shardings = parallel.param_shardings(module.param_shapes(config, boxed=True), mesh)
-  params = pretrained.load_params(os.path.join(folder, name), dtype or np.float32)
+  params = pretrained.load_params(os.path.join(folder, name), np.float32)
   return config, parallel.place(params, shardings), shardings
 
 

@@ -84,8 +84,8 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
       params = parallel.place(params, parallel.param_shardings(param_shapes(config, boxed=True), mesh))
     return LlavaOnevisionForConditionalGeneration.from_params(config, params, dtype=dtype, mesh=mesh,
                                                               **module_kwargs)
-  if model_type in _SINGLE_DEVICE_MODELS:
-    module_name, config_name, wrapper_name = _SINGLE_DEVICE_MODELS[model_type]
+  if model_type in SINGLE_DEVICE_MODELS:
+    module_name, config_name, wrapper_name = SINGLE_DEVICE_MODELS[model_type]
     if mesh is not None:
       raise ValueError(f"{path}: a {model_type} checkpoint loads onto one device; shard it in the training step")
     module = importlib.import_module(module_name)
@@ -99,7 +99,7 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
 
 
 # model_type → (module, config class, wrapper class) of the image-generation components.
-_SINGLE_DEVICE_MODELS = {
+SINGLE_DEVICE_MODELS = {
     "unet2d_condition": ("ureward_jax.models.unet2d", "UNet2DConditionConfig", "UNet"),
     "autoencoder_kl": ("ureward_jax.models.vae", "AutoencoderKLConfig", "VAE"),
     "clip_text": ("ureward_jax.models.clip_text", "CLIPTextConfig", "CLIPTextEncoder"),

@@ -62,7 +62,6 @@ class UNet2DConditionConfig:
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "UNet2DConditionConfig":
     """From a diffusers `unet/config.json` dict; refuses every option this port does not implement."""
-    blocks = len(d.get("block_out_channels", cls.block_out_channels))
     unsupported = {"time_cond_proj_dim": None, "class_embed_type": None, "encoder_hid_dim": None,
                    "upcast_attention": False, "only_cross_attention": False, "dual_cross_attention": False,
                    "center_input_sample": False, "resnet_time_scale_shift": "default", "act_fn": "silu",
@@ -74,7 +73,9 @@ class UNet2DConditionConfig:
                    "num_class_embeds": None, "reverse_transformer_layers_per_block": None}
     for key, default in unsupported.items():
       value = d.get(key, default)
-      if value not in (default, [default] * blocks) and not (key == "only_cross_attention" and not any(value)):
+      if isinstance(value, list) and len(set(value)) == 1:   # a per-block list of one value
+        value = value[0]
+      if value != default:
         raise ValueError(f"UNet config {key}={value!r} is not supported (only {default!r} is implemented)")
     if d.get("addition_embed_type") not in (None, "text_time"):
       raise ValueError(f"addition_embed_type {d['addition_embed_type']!r} is not supported (text_time or none)")
@@ -84,6 +85,8 @@ class UNet2DConditionConfig:
         raise ValueError(f"UNet {key} {bad} are not supported; expected blocks from {allowed}")
     if not isinstance(d.get("layers_per_block", 2), int):
       raise ValueError("a per-block layers_per_block list is not supported; expected one integer")
+
+    blocks = len(d.get("block_out_channels", cls.block_out_channels))
 
     def per_block(value):
       return tuple(value) if isinstance(value, (list, tuple)) else (value,) * blocks
