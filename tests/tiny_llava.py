@@ -15,6 +15,8 @@ import torch
 import transformers
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
+from tests.parity import max_rel  # noqa: F401 - the tests read it as tiny_llava.max_rel
+
 TILE = 70
 IMAGE_TOKEN, VIDEO_TOKEN, VOCAB = 126, 127, 128
 FULL = 1e-4     # tolerance on full-model logits, relative to their scale
@@ -96,12 +98,6 @@ def save_llava_next(model, folder: Path) -> Path:
             "image_token_index": model.config.image_token_id, "video_token_index": model.config.video_token_id}
   (folder / "config.json").write_text(json.dumps(config))
   return folder
-
-
-def max_rel(ours, ref) -> float:
-  """max |ours − ref| / max |ref|: the error relative to the output's scale."""
-  ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-  return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
 
 
 def random_text(rng, n):

@@ -7,6 +7,7 @@ import transformers
 
 import ureward_jax
 from tests import tiny_sdxl
+from tests.parity import max_rel
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 
 PROMPTS = ["the cat and the dog", "a RED  blue cat!! 12 ünïcode's"]
@@ -15,10 +16,6 @@ PROMPTS = ["the cat and the dog", "a RED  blue cat!! 12 ünïcode's"]
 @pytest.fixture(scope="module")
 def ours(sdxl):
   return ureward_jax.load(sdxl[2])
-
-
-def max_rel(a, b):
-  return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
 @pytest.mark.parametrize("pad", ["<|endoftext|>", "!"])

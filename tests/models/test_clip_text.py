@@ -7,17 +7,13 @@ import torch
 import transformers
 
 from converters.sdxl import params_from_tensors
+from tests.parity import max_rel
 from ureward_jax.models.clip_text import CLIPTextConfig, CLIPTextEncoder, eos_positions, param_shapes
 
 TOL = 1e-5
 LENGTH = 77
 EOS = 500          # the current convention: the first occurrence of this id is pooled
 LEGACY_EOS = 2     # the legacy one: the (first) largest id of each row is pooled
-
-
-def max_rel(ours, ref) -> float:
-  ref = np.asarray(ref, np.float64)
-  return float(np.max(np.abs(np.asarray(ours, np.float64) - ref)) / np.max(np.abs(ref)))
 
 
 def full_ids() -> np.ndarray:

@@ -2,11 +2,11 @@
 
 import diffusers
 import jax
-import numpy as np
 import pytest
 import torch
 
 from converters import sdxl
+from tests.parity import max_rel
 from ureward_jax.models import unet2d
 
 # SDXL's layout at toy width: GroupNorm-32, a plain and a cross-attention block, depths (1, 2), text_time conditioning.
@@ -19,10 +19,6 @@ SDXL_TINY = dict(block_out_channels=(32, 64), layers_per_block=2, down_block_typ
 CONV_TINY = dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=4, cross_attention_dim=48,
                  norm_num_groups=32, sample_size=16)
-
-
-def max_rel(a, b):
-  return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
 def reference(config, seed=0):

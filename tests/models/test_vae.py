@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from converters import sdxl
+from tests.parity import max_rel
 from ureward_jax.models import vae
 
 # SDXL's layout at toy width: GroupNorm-32, two resnets per block, a width change (shortcut convs) and a repeated
@@ -18,10 +19,6 @@ SDXL_TINY = dict(block_out_channels=(32, 64, 64), layers_per_block=2, down_block
 BARE_TINY = dict(block_out_channels=(16, 32), layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=4, sample_size=32,
                  use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=False)
-
-
-def max_rel(a, b):
-  return float(np.abs(np.asarray(a) - np.asarray(b)).max() / np.abs(np.asarray(b)).max())
 
 
 def reference(config, seed=0):
