@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import torch  # noqa: E402
 
+from bench.train_step import alternate  # noqa: E402
 from converters import sdxl  # noqa: E402
 from ureward_jax.models import unet2d  # noqa: E402
 from ureward_jax.train.optim import param_count  # noqa: E402
@@ -181,18 +182,6 @@ def jax_trainer(config, params, batch, remat: str):
     state["params"], state["opt"], loss = jax.block_until_ready(compiled(state["params"], state["opt"], batch))
     return float(loss)
   return step, seconds
-
-
-def alternate(calls: dict, runs: int) -> dict[str, list[float]]:
-  """Seconds of each run of each call, the calls taken in turn so that background load on a shared machine falls on
-  all of them alike."""
-  times = {name: [] for name in calls}
-  for _ in range(runs):
-    for name, call in calls.items():
-      start = time.perf_counter()
-      call()
-      times[name].append(time.perf_counter() - start)
-  return times
 
 
 def main():
