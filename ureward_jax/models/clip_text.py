@@ -23,16 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import causal_mask, dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import layer_norm
 from ureward_jax.nn.remat import remat_policy
 from ureward_jax.parallel import constrain
-
-_ACTIVATIONS = {
-    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-}
 
 # The EOS id of configs written before transformers PR #24773; with it the pooled token is the one with the largest
 # id in each row (the EOS of the original vocabulary), not the first occurrence of `eos_token_id`.
@@ -73,9 +69,7 @@ class CLIPTextConfig:
     if "with_projection" not in kwargs:
       kwargs["with_projection"] = "CLIPTextModelWithProjection" in (d.get("architectures") or ())
     config = cls(**kwargs)
-    if config.hidden_act not in _ACTIVATIONS:
-      raise ValueError(f"CLIP text hidden_act {config.hidden_act!r} is not supported; "
-                       f"expected one of {list(_ACTIVATIONS)}")
+    check_activation(config.hidden_act, "CLIP text hidden_act")
     if config.hidden_size % config.num_attention_heads:
       raise ValueError(f"CLIP text hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
                        f"{config.num_attention_heads}")
@@ -117,7 +111,7 @@ class CLIPMLP(nn.Module):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = dense(cfg.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(x)
-    h = checkpoint_name(_ACTIVATIONS[cfg.hidden_act](h), "mlp_hidden")
+    h = checkpoint_name(ACTIVATIONS[cfg.hidden_act](h), "mlp_hidden")
     return checkpoint_name(dense(cfg.hidden_size, ("mlp", "embed"), name="fc2", **kw)(h), "mlp_out")
 
 

@@ -23,6 +23,7 @@ from ureward_jax import parallel
 from ureward_jax.generation.decode import decode, sampling_config
 from ureward_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
+from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.nn.linear import dense, logical, torch_linear_kernel_init
 from ureward_jax.processing import anyres
@@ -87,10 +88,6 @@ PRESETS = {
 }
 
 
-_PROJECTOR_ACTIVATIONS = {"gelu": functools.partial(jax.nn.gelu, approximate=False),
-                          "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
-
-
 class MultiModalProjector(nn.Module):
   """linear_1 (Dv → D) → GELU (exact erf by default) → linear_2 (D → D).
 
@@ -106,7 +103,7 @@ class MultiModalProjector(nn.Module):
   def __call__(self, x):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=torch_linear_kernel_init)
     x = dense(self.hidden_size, ("vision_embed", "embed"), name="linear_1", **kw)(x)
-    x = _PROJECTOR_ACTIVATIONS[self.act](x)
+    x = ACTIVATIONS[self.act](x)
     return dense(self.hidden_size, ("embed", "embed_out"), name="linear_2", **kw)(x)
 
 
@@ -120,9 +117,7 @@ class LlavaOnevision(nn.Module):
 
   def setup(self):
     cfg = self.config
-    if cfg.projector_hidden_act not in _PROJECTOR_ACTIVATIONS:
-      raise ValueError(f"projector activation {cfg.projector_hidden_act!r} is not supported; "
-                       f"expected one of {list(_PROJECTOR_ACTIVATIONS)}")
+    check_activation(cfg.projector_hidden_act, "projector activation")
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype, remat=self.remat,
               attention_backend=self.attention_backend)
     self.vision_tower = SiglipVisionTower(cfg.vision, **kw)

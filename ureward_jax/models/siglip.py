@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import layer_norm
@@ -47,15 +48,8 @@ class SiglipVisionConfig:
     """From an HF `vision_config` dict (extra keys ignored)."""
     fields = {f.name for f in dataclasses.fields(cls)}
     config = cls(**{k: v for k, v in d.items() if k in fields})
-    if config.hidden_act not in _ACTIVATIONS:
-      raise ValueError(f"SigLIP hidden_act {config.hidden_act!r} is not supported; expected one of {list(_ACTIVATIONS)}")
+    check_activation(config.hidden_act, "SigLIP hidden_act")
     return config
-
-
-_ACTIVATIONS = {
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-}
 
 
 class SiglipAttention(nn.Module):
@@ -88,7 +82,7 @@ class SiglipMLP(nn.Module):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     h = dense(cfg.intermediate_size, ("embed", "mlp"), name="fc1", **kw)(x)
-    h = checkpoint_name(_ACTIVATIONS[cfg.hidden_act](h), "mlp_hidden")
+    h = checkpoint_name(ACTIVATIONS[cfg.hidden_act](h), "mlp_hidden")
     return dense(cfg.hidden_size, ("mlp", "embed"), name="fc2", **kw)(h)
 
 
