@@ -19,8 +19,10 @@ def get_config():
   # A converted diffusers pipeline folder (converters.sdxl); the UnifiedReward run swaps in madebyollin's fp16-fix VAE.
   c.model = ml_collections.ConfigDict(dict(checkpoint="", dtype="bfloat16"))
   # `train`: {"caption", "jpg_0", "jpg_1", "label_0"} rows, as `ureward build-pairs --task image_generation` writes.
+  # `encoded`: a folder written by `python -m launch.encode_pairs` with this config; training then reads the VAE
+  # latents and text embeddings from it and runs no encoder (each image keeps its first epoch's flip).
   c.data = ml_collections.ConfigDict(dict(train="", image_folder="", batch_size=512, resolution=512,
-                                          random_flip=True, workers=8))
+                                          random_flip=True, workers=8, encoded=""))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.train = ml_collections.ConfigDict(dict(objective="diffusion_dpo", num_steps=20, num_epochs=0, log_every=1,
                                            grad_accum=16))

@@ -5,8 +5,9 @@
 
 `model.checkpoint` is a pipeline folder made by `converters.sdxl`. Its UNet is trained and sharded on the mesh; a
 copy in `diffusion_dpo.reference_dtype` is the frozen reference; the VAE and both text encoders encode each
-micro-batch (frozen, in the same process) before the step. Workdir, checkpoints, metrics, resumption and SIGTERM
-behave as for every other objective (`train.loop`).
+micro-batch (frozen, in the same process) before the step, or, with `data.encoded` set, the step reads what
+`launch.encode_pairs` wrote there once and no encoder is loaded. Workdir, checkpoints, metrics, resumption and
+SIGTERM behave as for every other objective (`train.loop`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import optax
 from absl import logging
 
 from ureward_jax import parallel, pretrained
+from ureward_jax.data.encoded_pairs import check_encoded, encoded_batches, settings_for
 from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
+from ureward_jax.generation.sdxl import text_conditioning
 from ureward_jax.models import clip_text, unet2d, vae
 from ureward_jax.train import diffusion_dpo
 from ureward_jax.train.checkpoint import Checkpointer
@@ -33,6 +36,7 @@ from ureward_jax.train.metrics import MetricsWriter
 from ureward_jax.train.optim import learning_rate_schedule
 
 OPTIMIZERS = ("adafactor", "adamw")
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
 def _component(folder: str, name: str, module, config_cls, mesh):
@@ -91,6 +95,42 @@ def pair_shapes(config, unet_config: unet2d.UNet2DConditionConfig, micro: int, d
           "time_ids": shaped((micro, 6)), "weight": shaped((micro,))}
 
 
+class FrozenEncoders:
+  """The pipeline folder's VAE and both text encoders, frozen and placed on the mesh. Their params are passed into
+  the jitted functions, not closed over: a constant would copy them into the program."""
+
+  def __init__(self, folder: str, mesh, dtype):
+    self.vae_config, vae_params, _ = _component(folder, "vae", vae, vae.AutoencoderKLConfig, mesh)
+    text = [_component(folder, name, clip_text, clip_text.CLIPTextConfig, mesh) for name in TEXT_ENCODERS]
+    self.params = (vae_params, *(params for _, params, _ in text))
+    self.vae = vae.AutoencoderKL(self.vae_config)
+    self.text = [clip_text.CLIPTextModel(config, dtype=dtype) for config, _, _ in text]
+
+  def pair_encoder(self, resolution: int, rows):
+    """(pixels (A, 2M, R, R, 3), ids, ids_2 (A, M, 77), weight (A, M)) → the step's batch of `PAIR_KEYS` arrays
+    (A, ...) and `weight`, sharded as `rows`."""
+    @functools.partial(jax.jit, out_shardings=rows)
+    def encode(frozen, pixels, ids, ids_2, weight):
+      def one(inputs):
+        return diffusion_dpo.encode_pairs(self.vae, frozen[0], self.text[0], frozen[1], self.text[1], frozen[2],
+                                          *inputs, resolution, resolution)
+      return jax.lax.map(one, (pixels, ids, ids_2)) | {"weight": weight}
+    return functools.partial(encode, self.params)
+
+  def image_encoder(self):
+    """pixels (N, R, R, 3) in [−1, 1] → the VAE posterior (mean, logvar), each (N, h, w, c) fp32."""
+    encode = jax.jit(lambda params, pixels: self.vae.apply({"params": params}, pixels, method="encode"))
+    return functools.partial(encode, self.params[0])
+
+  def caption_encoder(self):
+    """ids, ids_2 (N, 77) → (prompt_embeds (N, 77, D), text_embeds (N, P)) fp32."""
+    @jax.jit
+    def encode(frozen, ids, ids_2):
+      embeds = text_conditioning(self.text[0], frozen[1], self.text[1], frozen[2], ids, ids_2)
+      return tuple(e.astype(jnp.float32) for e in embeds)
+    return functools.partial(encode, self.params)
+
+
 def train(config: ml_collections.ConfigDict) -> LoopState:
   folder = config.model.checkpoint
   check_pipeline_folder(folder)
@@ -98,16 +138,10 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   if jax.process_index() == 0:
     with open(os.path.join(config.workdir, "config.json"), "w") as f:
       f.write(config.to_json(indent=2))
-  d, resolution = config.diffusion_dpo, config.data.resolution
+  resolution = config.data.resolution
   mesh = parallel.make_mesh(**config.mesh)
-  dtype = jnp.dtype(config.model.dtype)
   unet_config, params, shardings = _component(folder, "unet", unet2d, unet2d.UNet2DConditionConfig, mesh)
-  vae_config, vae_params, _ = _component(folder, "vae", vae, vae.AutoencoderKLConfig, mesh)
-  text_configs, text_params = [], []
-  for name in ("text_encoder", "text_encoder_2"):
-    text_config, placed, _ = _component(folder, name, clip_text, clip_text.CLIPTextConfig, mesh)
-    text_configs.append(text_config)
-    text_params.append(placed)
+  vae_config = vae.AutoencoderKLConfig.from_dict(pretrained.read_config(os.path.join(folder, "vae")))
   logging.info("UNet parameters: %d; replicated bytes: %.1f%%", sum(p.size for p in jax.tree.leaves(params)),
                100 * parallel.replicated_fraction(params))
 
@@ -123,51 +157,40 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   checkpointer = Checkpointer(os.path.join(config.workdir, "checkpoints"), config.checkpoint.every,
                               config.checkpoint.keep)
   # The reference is the starting UNet, never a resumed one; a copy, as the step donates the params.
-  reference = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(jnp.dtype(d.reference_dtype)), p),
-                      out_shardings=shardings)(params)
+  reference_dtype = jnp.dtype(config.diffusion_dpo.reference_dtype)
+  reference = jax.jit(lambda p: jax.tree.map(lambda x: x.astype(reference_dtype), p), out_shardings=shardings)(params)
   state, next_batch = LoopState(0, params, opt_state), 0
   if (latest := checkpointer.latest_step()) is not None:
     state.params, state.opt_state, data_state = checkpointer.restore(latest, params, opt_state)
     state.step, next_batch = latest, int(data_state["next_batch"])
     logging.info("resumed from step %d", latest)
 
-  accum = config.train.grad_accum
-  data = PairDataConfig(global_batch=config.data.batch_size, grad_accum=accum, resolution=resolution,
-                        random_flip=config.data.random_flip, seed=config.seed, workers=config.data.workers)
-  stream = pair_batches(records, data, os.path.join(folder, "tokenizer"), os.path.join(folder, "tokenizer_2"),
-                        start=next_batch)
+  data = pair_data(config)
   micro = pairs_per_micro_batch(config, mesh)
   rows = parallel.data_sharding(mesh, batch_axis=1)
+  encoded = pair_shapes(config, unet_config, micro, vae_config.downsample_factor, rows)
+  if config.data.get("encoded"):
+    check_encoded(config.data.encoded, settings_for(records, data, folder))
+    stream = encoded_batches(config.data.encoded, data, start=next_batch)
+    inputs_of = lambda batch: {key: jax.make_array_from_process_local_data(rows, batch[key])  # noqa: E731
+                               for key in encoded}
+  else:
+    stream = pair_batches(records, data, os.path.join(folder, "tokenizer"), os.path.join(folder, "tokenizer_2"),
+                          start=next_batch)
+    encode = FrozenEncoders(folder, mesh, jnp.dtype(config.model.dtype)).pair_encoder(resolution, rows)
 
-  vae_module = vae.AutoencoderKL(vae_config)
-  text_modules = [clip_text.CLIPTextModel(c, dtype=dtype) for c in text_configs]
-
-  frozen = (vae_params, *text_params)
-
-  @functools.partial(jax.jit, out_shardings=rows)
-  def encode(frozen, pixels, ids, ids_2, weight):
-    """Each micro-batch's `PAIR_KEYS` arrays, from the frozen encoders' params `frozen` (passed, not closed over:
-    a constant would copy them into the program), (A, ...)."""
-    def one(inputs):
-      p, i, i2 = inputs
-      return diffusion_dpo.encode_pairs(vae_module, frozen[0], text_modules[0], frozen[1], text_modules[1], frozen[2],
-                                        p, i, i2, resolution, resolution)
-    return jax.lax.map(one, (pixels, ids, ids_2)) | {"weight": weight}
+    def inputs_of(batch):
+      arrays = [jax.make_array_from_process_local_data(rows, batch[key]) for key in ("pixels", "ids", "ids_2", "weight")]
+      with parallel.activation_rules(mesh):
+        return encode(*arrays)
 
   step = training_step(config, unet_config, optimizer, vae_config.scaling_factor, _scheduler_config(folder))
   jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
-  host = {"pixels": ((accum, 2 * micro, resolution, resolution, 3), np.float32),
-          "ids": ((accum, micro, 77), np.int32), "ids_2": ((accum, micro, 77), np.int32),
-          "weight": ((accum, micro), np.float32)}
-  encoded = pair_shapes(config, unet_config, micro, vae_config.downsample_factor, rows)
   with parallel.activation_rules(mesh):
     compiled = jitted.lower(state.params, state.opt_state, encoded, reference, jax.random.key(0)).compile()
 
   def place(batch):
-    arrays = [jax.make_array_from_process_local_data(rows, batch[key]) for key in host]
-    with parallel.activation_rules(mesh):
-      inputs = encode(frozen, *arrays)
-    return {"pairs": inputs, "rng": jax.random.fold_in(jax.random.key(config.seed), batch["number"])}
+    return {"pairs": inputs_of(batch), "rng": jax.random.fold_in(jax.random.key(config.seed), batch["number"])}
 
   numbered = (b | {"number": n} for n, b in enumerate(stream, start=next_batch))
   loop = Loop(
@@ -178,6 +201,13 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
       metrics=MetricsWriter(config.workdir, resume_step=state.step),
       learning_rate=learning_rate_schedule(lr, num_steps, config.optim.schedule, config.optim.warmup_ratio))
   return loop.run(state, numbered)
+
+
+def pair_data(config) -> PairDataConfig:
+  """The config's image-pair stream settings."""
+  return PairDataConfig(global_batch=config.data.batch_size, grad_accum=config.train.grad_accum,
+                        resolution=config.data.resolution, random_flip=config.data.random_flip, seed=config.seed,
+                        workers=config.data.workers)
 
 
 def _scheduler_config(folder: str) -> dict:

@@ -1,27 +1,33 @@
 """launch.train with train.objective = "diffusion_dpo" on the tiny SDXL pipeline: a sharded run writes metrics and
-checkpoints, counts an unreadable pair, and resumes."""
+checkpoints, counts an unreadable pair, and resumes; pairs encoded once by launch.encode_pairs (an interrupted pass
+resumed) train exactly as pairs encoded at each step."""
 
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
 
 from configs import dpo_sdxl_turbo
+from launch import encode_pairs
+from launch.diffusion_train import FrozenEncoders
 from launch.train import train
+from ureward_jax.data.encoded_pairs import EncodedFolder
 
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory):
+  """16 pairs, one per slot of a 16-pair batch: the first step sees epoch 0 only (its flips). Three captions."""
   root = tmp_path_factory.mktemp("pairs")
   rng = np.random.default_rng(0)
   rows = []
-  for i in range(6):
+  for i in range(16):
     for side in "ab":
       Image.fromarray(rng.integers(0, 256, (40, 48, 3), np.uint8)).save(root / f"{i}{side}.png")
-    rows.append({"id": f"pair{i}", "caption": "the cat and the dog", "jpg_0": f"{i}a.png", "jpg_1": f"{i}b.png",
-                 "label_0": i % 2})
+    rows.append({"id": f"pair{i}", "caption": ["the cat and the dog", "a red fox", "two owls"][i % 3],
+                 "jpg_0": f"{i}a.png", "jpg_1": f"{i}b.png", "label_0": i % 2})
   rows[5]["jpg_1"] = "missing.png"
   (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   return root / "pairs.jsonl"
@@ -30,10 +36,9 @@ def pairs(tmp_path_factory):
 def config_for(sdxl, pairs, workdir, steps):
   c = dpo_sdxl_turbo.get_config()
   c.workdir = str(workdir)
-  c.model.update(checkpoint=str(sdxl[2]), dtype="float32")
+  c.model.update(checkpoint=str(sdxl[2]))   # bfloat16, as the paper config
   c.data.update(train=str(pairs), batch_size=16, resolution=32, workers=0)
   c.train.update(num_steps=steps, grad_accum=1)
-  c.diffusion_dpo.update(reference_dtype="float32")
   c.optim.update(lr=1e-4, scale_lr=False, warmup_ratio=0.0)
   c.checkpoint.update(every=2, keep=2)
   c.mesh.update(data=8, fsdp=1, tensor=1)   # the cheapest program to compile here; UNet sharding: launch.aot
@@ -41,19 +46,71 @@ def config_for(sdxl, pairs, workdir, steps):
   return c
 
 
-def test_sharded_run_logs_checkpoints_and_resumes(sdxl, pairs, tmp_path):
-  state = train(config_for(sdxl, pairs, tmp_path, steps=2))
-  assert state.step == 2 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
-  rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+@pytest.fixture(scope="module")
+def online_run(sdxl, pairs, tmp_path_factory):
+  """A 2-step run encoding its pairs at each step: its workdir."""
+  workdir = tmp_path_factory.mktemp("online")
+  state = train(config_for(sdxl, pairs, workdir, steps=2))
+  assert state.step == 2
+  return workdir
+
+
+def metrics(workdir):
+  return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+
+
+def test_sharded_run_logs_checkpoints_and_resumes(sdxl, pairs, online_run):
+  assert sorted(os.listdir(online_run / "checkpoints")) == ["2"]
+  rows = metrics(online_run)
   assert [r["step"] for r in rows] == [1, 2]
   assert {"loss", "implicit_acc", "model_mse", "ref_mse", "samples_per_second", "learning_rate"} <= set(rows[0])
   assert all(np.isfinite(r["loss"]) for r in rows)
-  # 32 pairs drawn from 6: the unreadable one is counted each time it comes up, by its id.
+  # The unreadable pair is counted each time it comes up (once per epoch), by its id.
   skipped = [i for r in rows for i in r.get("skipped_ids", [])]
-  assert skipped and set(skipped) == {"pair5"} and sum(r["skipped_records"] for r in rows) == len(skipped)
-  resumed = train(config_for(sdxl, pairs, tmp_path, steps=3))
+  assert skipped == ["pair5", "pair5"] and sum(r["skipped_records"] for r in rows) == 2
+  resumed = train(config_for(sdxl, pairs, online_run, steps=3))
   assert resumed.step == 3
-  assert [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")] == [1, 2, 3]
+  assert [r["step"] for r in metrics(online_run)] == [1, 2, 3]
+
+
+def test_pairs_encoded_once_train_as_pairs_encoded_each_step(sdxl, pairs, online_run, tmp_path, monkeypatch):
+  c = config_for(sdxl, pairs, tmp_path / "run", steps=1)
+  c.data.encoded = str(tmp_path / "encoded")
+  c.train.grad_accum = 2   # the pass encodes one micro-batch of 8 pairs at a time: two chunks
+
+  chunks, save = [], EncodedFolder.save
+  def interrupting_save(self, **progress):
+    save(self, **progress)
+    if progress.get("pairs_done") == 8:
+      raise KeyboardInterrupt
+  image_encoder = FrozenEncoders.image_encoder
+  def counting_image_encoder(self):
+    encode = image_encoder(self)
+    def counted(pixels):
+      if not isinstance(pixels, jax.core.Tracer):   # not the pass's shape inference
+        chunks.append(pixels.shape)
+      return encode(pixels)
+    return counted
+
+  monkeypatch.setattr(FrozenEncoders, "image_encoder", counting_image_encoder)
+  monkeypatch.setattr(EncodedFolder, "save", interrupting_save)
+  with pytest.raises(KeyboardInterrupt):
+    encode_pairs.encode(c)
+  progress = json.loads((tmp_path / "encoded" / "encoded.json").read_text())["progress"]
+  assert progress == {"captions_done": 3, "pairs_done": 8, "complete": False}
+  with pytest.raises(ValueError, match="did not finish"):
+    train(c)
+  monkeypatch.setattr(EncodedFolder, "save", save)
+  encode_pairs.encode(c)   # resumes: the second chunk only
+  assert len(chunks) == 2
+  assert np.load(tmp_path / "encoded" / "weight.npy").tolist() == [0.0 if i == 5 else 1.0 for i in range(16)]
+
+  c.train.grad_accum = 1
+  train(c)
+  (ours,), theirs = metrics(tmp_path / "run"), metrics(online_run)[0]
+  assert ours["skipped_ids"] == ["pair5"]
+  for key in ("model_mse", "ref_mse", "loss", "implicit_acc", "grad_norm"):
+    np.testing.assert_allclose(ours[key], theirs[key], rtol=1e-5, err_msg=key)
 
 
 def test_a_non_sdxl_checkpoint_is_refused(checkpoint, pairs, tmp_path):

@@ -156,31 +156,48 @@ def pair_batches(records: Sequence[dict], data: PairDataConfig, tokenizer_folder
   """This host's batches from batch `start` on, B = global_batch / hosts pairs in A = grad_accum micro-batches of
   M = B / A: `pixels` (A, 2M, R, R, 3) float32 in [−1, 1], each micro-batch [winners of its M pairs; their losers],
   `ids`, `ids_2` (A, M, 77) int32, `weight` (A, M) float32 (0 for a bad pair), and the flat `index`, `bad` (B,)."""
+  if not records:
+    raise ValueError("the training data has no image pairs")
+  build = BuildPair(records, data.resolution, data.random_flip, data.seed, tokenizer_folder, tokenizer_2_folder)
+  return pair_stream(len(records), build, data, start, process_index, process_count)
+
+
+def pair_stream(count: int, transform: grain.transforms.MapWithIndex, data: PairDataConfig, start: int = 0,
+                process_index: int | None = None, process_count: int | None = None) -> grain.IterDataset:
+  """The order every pair stream shares: `count` records shuffled with `data.seed` (reshuffled each epoch), split
+  across hosts by stride, each turned into a pair by `transform(position, index)`, batched and cut into micro-batches
+  (`micro_batches`), from batch `start` on."""
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if data.global_batch % (process_count * data.grad_accum) or data.global_batch <= 0:
     raise ValueError(f"global batch {data.global_batch} does not split into {process_count} hosts × "
                      f"{data.grad_accum} micro-batches")
-  if not records:
-    raise ValueError("the training data has no image pairs")
-  per_host = data.global_batch // process_count
-  build = BuildPair(records, data.resolution, data.random_flip, data.seed, tokenizer_folder, tokenizer_2_folder)
-  ds = grain.MapDataset.range(len(records)).seed(data.seed).shuffle().repeat(data.num_epochs)
-  ds = ds.map_with_index(build)[process_index::process_count]   # positions before the split: the epoch is global
-  ds = ds.batch(per_host, drop_remainder=True).map(lambda batch: _micro_batches(batch, data.grad_accum))[start:]
+  ds = grain.MapDataset.range(count).seed(data.seed).shuffle().repeat(data.num_epochs)
+  ds = ds.map_with_index(transform)[process_index::process_count]   # positions before the split: the epoch is global
+  ds = ds.batch(data.global_batch // process_count, drop_remainder=True)
+  ds = ds.map(lambda batch: micro_batches(batch, data.grad_accum))[start:]
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=0 if data.workers else 1, prefetch_buffer_size=data.prefetch))
   if data.workers:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=data.prefetch))
   return it
 
 
-def _micro_batches(batch: dict, grad_accum: int) -> dict:
-  """Stacked pairs (B, ...) → the host batch `pair_batches` describes."""
-  pixels = batch["pixels"]   # (B, 2, R, R, 3)
-  b = pixels.shape[0]
+# Arrays with a [winner, loser] axis after the batch axis; every other per-pair array is (B, ...).
+MEMBER_KEYS = ("pixels", "latent_mean", "latent_logvar")
+
+
+def micro_batches(batch: dict, grad_accum: int) -> dict:
+  """Stacked pairs (B, ...) → A = grad_accum micro-batches of M = B / A pairs: a `MEMBER_KEYS` array (B, 2, ...) →
+  (A, 2M, ...), [winners; losers] within each micro-batch; any other array (A, M, ...), plus `weight` (A, M) =
+  1 − bad; `index` and `bad` stay flat (B,)."""
+  b = batch["index"].shape[0]
   m = b // grad_accum
-  pixels = pixels.reshape(grad_accum, m, *pixels.shape[1:]).swapaxes(1, 2)   # (A, 2, M, R, R, 3)
-  return {"pixels": pixels.reshape(grad_accum, 2 * m, *pixels.shape[3:]),
-          "ids": batch["ids"].reshape(grad_accum, m, -1), "ids_2": batch["ids_2"].reshape(grad_accum, m, -1),
-          "weight": (1 - batch["bad"]).astype(np.float32).reshape(grad_accum, m),
-          "index": batch["index"], "bad": batch["bad"]}
+  out = {"index": batch["index"], "bad": batch["bad"],
+         "weight": (1 - batch["bad"]).astype(np.float32).reshape(grad_accum, m)}
+  for key, value in batch.items():
+    if key in MEMBER_KEYS:
+      value = value.reshape(grad_accum, m, *value.shape[1:]).swapaxes(1, 2)   # (A, 2, M, ...)
+      out[key] = value.reshape(grad_accum, 2 * m, *value.shape[3:])
+    elif key not in out:
+      out[key] = value.reshape(grad_accum, m, *value.shape[1:])
+  return out

@@ -144,9 +144,11 @@ def adafactor(learning_rate, weight_decay: float = 1e-2, clip_threshold: float =
 def encode_pairs(vae_module, vae_params, text_encoder, text_encoder_params, text_encoder_2, text_encoder_2_params,
                  pixels: jax.Array, ids: jax.Array, ids_2: jax.Array, height: int, width: int) -> dict[str, Any]:
   """The frozen encoders' part: pixels (2B, H, W, 3) in [−1, 1] [winners; losers] and both tokenizers' ids (B, 77)
-  → the `PAIR_KEYS` arrays of one micro-batch (posterior moments fp32, conditioning as SDXL builds it)."""
+  → the `PAIR_KEYS` arrays of one micro-batch, all fp32 whatever the encoders' compute dtype (the step's inputs
+  have one layout, whether encoded here or read from disk)."""
   mean, logvar = vae_module.apply({"params": vae_params}, pixels, method="encode")
   prompt_embeds, text_embeds = text_conditioning(text_encoder, text_encoder_params, text_encoder_2,
                                                  text_encoder_2_params, ids, ids_2)
-  return {"latent_mean": mean, "latent_logvar": logvar, "prompt_embeds": prompt_embeds, "text_embeds": text_embeds,
-          "time_ids": micro_conditions(ids.shape[0], height, width)}
+  out = {"latent_mean": mean, "latent_logvar": logvar, "prompt_embeds": prompt_embeds, "text_embeds": text_embeds,
+         "time_ids": micro_conditions(ids.shape[0], height, width)}
+  return {key: value.astype(jnp.float32) for key, value in out.items()}
