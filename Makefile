@@ -32,9 +32,11 @@ install-core: $(VENV)/.installed-core
 demo: install-core
 	$(PY) -m launch.shapes_demo --workdir=shapes_run
 
-# pytest exits 5 when it collected no tests: that is a failure here, never a silent pass.
+# pytest exits 5 when it collected no tests: that is a failure here, never a silent pass. Test files run in
+# TEST_WORKERS processes (pytest-xdist), each file whole in one, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests; rc=$$?; \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 clean:

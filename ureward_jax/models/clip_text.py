@@ -27,7 +27,7 @@ from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import causal_mask, dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import layer_norm
-from ureward_jax.nn.remat import remat_policy
+from ureward_jax.nn.remat import remat
 from ureward_jax.parallel import constrain
 
 # The EOS id of configs written before transformers PR #24773; with it the pooled token is the one with the largest
@@ -150,9 +150,7 @@ class CLIPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask):
-    layer = CLIPEncoderLayer
-    if self.remat != "none":
-      layer = nn.remat(layer, policy=remat_policy(self.remat), prevent_cse=False)
+    layer = remat(CLIPEncoderLayer, self.remat)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
                     length=self.config.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(self.config, self.dtype, self.param_dtype, self.attention_backend, self.collect,

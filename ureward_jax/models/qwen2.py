@@ -20,7 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import RMSNorm
-from ureward_jax.nn.remat import remat_policy
+from ureward_jax.nn.remat import remat
 from ureward_jax.nn.rope import apply_rope, rope_tables
 from ureward_jax.parallel import constrain
 
@@ -140,9 +140,7 @@ class Qwen2ForCausalLM(nn.Module):
     cfg = self.config
     self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                                  embedding_init=logical(default_kernel_init, ("vocab", "embed")))
-    layer = Qwen2DecoderLayer
-    if self.remat != "none":
-      layer = nn.remat(layer, policy=remat_policy(self.remat), prevent_cse=False)
+    layer = remat(Qwen2DecoderLayer, self.remat)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                     length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})

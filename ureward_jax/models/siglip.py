@@ -19,7 +19,7 @@ from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import layer_norm
-from ureward_jax.nn.remat import remat_policy
+from ureward_jax.nn.remat import remat
 from ureward_jax.parallel import constrain
 
 
@@ -137,9 +137,7 @@ class SiglipEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    layer = SiglipEncoderLayer
-    if self.remat != "none":
-      layer = nn.remat(layer, policy=remat_policy(self.remat), prevent_cse=False)
+    layer = remat(SiglipEncoderLayer, self.remat)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                     length=self.config.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = stack(self.config, self.dtype, self.param_dtype, self.attention_backend, name="layers")(x, None)

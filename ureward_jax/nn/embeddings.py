@@ -1,11 +1,16 @@
-"""Sinusoidal embeddings of diffusion timesteps (and of SDXL's micro-conditions), always computed in fp32."""
+"""Sinusoidal embeddings of diffusion timesteps (and of SDXL's micro-conditions), always computed in fp32, and the
+MLP that diffusion UNets put on them."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from ureward_jax.nn.linear import dense
 
 
 def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool = True, shift: float = 0.0,
@@ -21,3 +26,16 @@ def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool 
   parts = [jnp.cos(angles), jnp.sin(angles)] if flip_sin_to_cos else [jnp.sin(angles), jnp.cos(angles)]
   emb = jnp.concatenate(parts, axis=-1)
   return jnp.pad(emb, ((0, 0), (0, dim % 2)))
+
+
+class TimestepEmbedding(nn.Module):
+  """Linear → SiLU → Linear on a sinusoidal embedding. (B, D_in) → (B, features)."""
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    x = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(x)
+    return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.silu(x))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 
 # Tags set in the layers: the layer input and the outputs of the big matmuls.
@@ -26,3 +27,8 @@ def remat_policy(name: str):
   if name not in POLICIES:
     raise ValueError(f"unknown remat policy {name!r}; choose one of {('none',) + tuple(POLICIES)}")
   return POLICIES[name]
+
+
+def remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
+  """`module` rematerialised in the backward pass with the named policy; unchanged for "none"."""
+  return module if policy == "none" else nn.remat(module, policy=remat_policy(policy), prevent_cse=False)
