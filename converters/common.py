@@ -143,7 +143,7 @@ def _write_file(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
 
 # How a source tensor's layout becomes ours. "dense": PyTorch Linear (out, in) → kernel (in, *out) (out split into
 # heads when the target says so); "dense_out": Linear (out, in) → kernel (*in, out), in split into (heads, head_dim);
-# "conv": Conv2d (O, I, kh, kw) → (kh, kw, I, O); "heads": a flat bias (N·H,) → (N, H); "copy": unchanged.
+# "conv": a Conv1d/2d/3d kernel (O, I, *k) → (*k, I, O); "heads": a flat bias (N·H,) → (N, H); "copy": unchanged.
 KINDS = ("dense", "dense_out", "conv", "heads", "copy")
 
 
@@ -162,7 +162,7 @@ def _to_ours(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarray
   if kind in ("dense", "dense_out"):
     array = array.T
   elif kind == "conv":
-    array = array.transpose(2, 3, 1, 0)
+    array = array.transpose(*range(2, array.ndim), 1, 0)
   return array.reshape(shape)
 
 
@@ -170,7 +170,8 @@ def _to_source(array: np.ndarray, kind: str, shape: tuple[int, ...]) -> np.ndarr
   if kind in ("dense", "dense_out"):
     return array.reshape(shape[1], shape[0]).T
   if kind == "conv":
-    return array.reshape(shape[2], shape[3], shape[1], shape[0]).transpose(3, 2, 0, 1)
+    n = len(shape)
+    return array.reshape(*shape[2:], shape[1], shape[0]).transpose(n - 1, n - 2, *range(n - 2))
   return array.reshape(shape)
 
 
@@ -181,7 +182,7 @@ def source_shape(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
   if kind == "dense_out":
     return (shape[-1], math.prod(shape[:-1]))
   if kind == "conv":
-    return (shape[3], shape[2], shape[0], shape[1])
+    return (shape[-1], shape[-2], *shape[:-2])
   if kind == "heads":
     return (math.prod(shape),)
   return tuple(shape)

@@ -1,4 +1,5 @@
-"""SDXL components (diffusers UNet and VAE folders, transformers CLIP text encoders) ⇄ our checkpoint folders.
+"""SDXL components (diffusers UNet and VAE folders, transformers CLIP text encoders) ⇄ our checkpoint folders; also
+diffusers' video UNet (`UNet3DConditionModel`, through the same derived name table).
 
   python -m converters.sdxl --src SDXL_PIPELINE_OR_COMPONENT_DIR --dst OUT_DIR [--dtype bfloat16|float32] [--variant fp16]
   python -m converters.sdxl --src OUR_DIR --dst OUT_DIR --export diffusers
@@ -31,7 +32,7 @@ from ureward_jax import pretrained
 
 # Source containers whose children are numbered (`resnets.0`); ours are `resnets_0`.
 INDEXED = ("down_blocks", "up_blocks", "resnets", "attentions", "transformer_blocks", "downsamplers", "upsamplers",
-           "to_out", "net")
+           "to_out", "net", "temp_convs", "temp_attentions", "conv1", "conv2", "conv3", "conv4")
 # Scanned stacks: one parameter per kind with a leading layer axis, `layers.{i}` in the source.
 STACKED = ("layers",)
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
@@ -53,7 +54,7 @@ def _source_name(path: str, ndim: int) -> Rule:
   rule = Rule(path, ".".join(names + [_LEAVES[leaf]]))
   per_layer = ndim - 1 if rule.stacked else ndim
   if leaf == "kernel":
-    rule = Rule(path, rule.source, {4: "conv", 2: "dense"}[per_layer])
+    rule = Rule(path, rule.source, "dense" if per_layer == 2 else "conv")
   return rule
 
 
@@ -91,7 +92,8 @@ def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor],
 # A component's class (diffusers `_class_name`, transformers `architectures[0]`) → our model_type, whose module and
 # config class `pretrained.SINGLE_DEVICE_MODELS` names.
 COMPONENTS = {"UNet2DConditionModel": "unet2d_condition", "AutoencoderKL": "autoencoder_kl",
-              "CLIPTextModel": "clip_text", "CLIPTextModelWithProjection": "clip_text"}
+              "CLIPTextModel": "clip_text", "CLIPTextModelWithProjection": "clip_text",
+              "UNet3DConditionModel": "unet3d_condition"}
 # The sub-folders of a diffusers SDXL pipeline that hold weights, and those copied as they are.
 PIPELINE_MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 PIPELINE_FILES = ("tokenizer", "tokenizer_2", "scheduler")
@@ -205,7 +207,8 @@ def export_folder(src: str | Path, dst: str | Path) -> None:
     return
   source = ours.get("source") or {}
   if source.get("class_name") not in COMPONENTS:
-    raise ConversionError(f"{src}: not an SDXL component folder (model_type {ours.get('model_type')!r})")
+    raise ConversionError(f"{src}: not a diffusers or transformers component folder "
+                          f"(model_type {ours.get('model_type')!r})")
   _, module, config_cls = _module(source["class_name"])
   config = config_cls.from_dict(ours)
   flat = common.flatten(pretrained.load_params(src))

@@ -103,4 +103,5 @@ SINGLE_DEVICE_MODELS = {
     "unet2d_condition": ("ureward_jax.models.unet2d", "UNet2DConditionConfig", "UNet"),
     "autoencoder_kl": ("ureward_jax.models.vae", "AutoencoderKLConfig", "VAE"),
     "clip_text": ("ureward_jax.models.clip_text", "CLIPTextConfig", "CLIPTextEncoder"),
+    "unet3d_condition": ("ureward_jax.models.unet3d", "UNet3DConditionConfig", "UNet3D"),
 }

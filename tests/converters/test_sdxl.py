@@ -119,7 +119,7 @@ def test_export_is_bit_exact_and_loads_in_diffusers(sdxl, tmp_path):
 
 def test_command_line_reports_errors(tmp_path):
   (tmp_path / "src").mkdir()
-  (tmp_path / "src" / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel"}))
+  (tmp_path / "src" / "config.json").write_text(json.dumps({"_class_name": "UNetSpatioTemporalConditionModel"}))
   result = subprocess.run([sys.executable, "-m", "converters.sdxl", "--src", str(tmp_path / "src"),
                            "--dst", str(tmp_path / "dst")], capture_output=True, text=True)
-  assert result.returncode != 0 and "unsupported component class 'UNet3DConditionModel'" in result.stderr
+  assert result.returncode != 0 and "unsupported component class 'UNetSpatioTemporalConditionModel'" in result.stderr

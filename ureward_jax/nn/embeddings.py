@@ -29,13 +29,16 @@ def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool 
 
 
 class TimestepEmbedding(nn.Module):
-  """Linear → SiLU → Linear on a sinusoidal embedding. (B, D_in) → (B, features)."""
+  """Linear → SiLU → Linear on a sinusoidal embedding x (B, D_in) → (B, features). A `condition` (B, D_c) is first
+  added through `cond_proj`, a Linear without bias (diffusers' `cond_proj_dim`: LCM's guidance embedding)."""
   features: int
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, condition=None):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    if condition is not None:
+      x = x + dense(x.shape[-1], ("embed", "mlp"), use_bias=False, name="cond_proj", **kw)(condition)
     x = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(x)
     return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.silu(x))
