@@ -1,13 +1,16 @@
-"""Noise-schedule math for SDXL-Turbo: Euler-ancestral sampling and the DDPM forward process of Diffusion-DPO training.
+"""Noise-schedule math for the diffusion models: SDXL-Turbo's Euler-ancestral sampling, T2V-Turbo's LCM multistep
+sampling, and the DDPM forward process of Diffusion-DPO training.
 
 Schedules (betas, ᾱ, inference timesteps and sigmas) are built once on the host in numpy and follow diffusers'
 `EulerAncestralDiscreteScheduler` / `DDPMScheduler` fp32 arithmetic. They agree with diffusers to ~2 fp32 ulps, not
 bit for bit: torch's fp32 `linspace` and (on AVX2 CPUs) its `sqrt` / `** 0.5` are not correctly rounded, ours are.
-The per-step functions (`scale_model_input`, `step`, `add_noise`, `turbo_timesteps`) are pure jnp, take the
-sigmas / timesteps as arguments and jit (and scan) without recompiling per step.
+The per-step functions (`scale_model_input`, `step`, `lcm_step`, `add_noise`, `turbo_timesteps`) are pure jnp, take
+the sigmas / timesteps as arguments and jit (and scan) without recompiling per step.
 
 SDXL-Turbo samples with `euler_ancestral(1)` (or 2–4 steps): `x = noise · init_noise_sigma`, then for each i
 `eps = unet(scale_model_input(x, sigmas[i]), timesteps[i])` and `x = step(x, eps, sigmas[i], sigmas[i + 1], noise_i)`.
+T2V-Turbo samples with `lcm(4)`: `x = noise`, then for each i `eps = unet(x, timesteps[i])` and
+`x, denoised = lcm_step(x, eps, ...[i], noise_i)`; the video is the last `denoised`.
 """
 
 from __future__ import annotations
@@ -157,6 +160,61 @@ def from_config(config: Mapping[str, Any], num_inference_steps: int) -> EulerAnc
     raise ValueError(f"timestep_spacing {settings['timestep_spacing']!r} is not supported; "
                      f"expected one of {list(TIMESTEP_SPACINGS)}")
   return euler_ancestral(num_inference_steps, **settings)
+
+
+def lcm_timesteps(num_inference_steps: int, origin_steps: int = 50, num_train_timesteps: int = 1000) -> np.ndarray:
+  """(n,) int32 LCM inference timesteps, descending: every (origin_steps // n)-th of the distillation grid
+  (k · T / origin_steps − 1 for k = 1 … origin_steps) from its end; n = 4 → [999, 759, 519, 279]."""
+  if not 1 <= num_inference_steps <= origin_steps:
+    raise ValueError(f"num_inference_steps must be in [1, {origin_steps}] (the distillation grid), "
+                     f"got {num_inference_steps}")
+  grid = np.arange(1, origin_steps + 1) * (num_train_timesteps // origin_steps) - 1
+  return grid[::-(origin_steps // num_inference_steps)][:num_inference_steps].astype(np.int32)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # eq=False: array fields; hashing by identity keeps it a static arg
+class LCMSchedule:
+  """The n-step LCM multistep schedule (T2V-Turbo's `T2VTurboScheduler`), one entry per step, fp32 except timesteps.
+
+  timesteps: (n,) int32. alphas: ᾱ at each timestep. alphas_next: ᾱ at the next one (the last step keeps its own,
+  as the source does; its noised sample is never used). c_skip, c_out: the consistency boundary scalings
+  σ_d² / ((10t)² + σ_d²) and 10t / √((10t)² + σ_d²), σ_d = 0.5.
+  """
+  timesteps: np.ndarray
+  alphas: np.ndarray
+  alphas_next: np.ndarray
+  c_skip: np.ndarray
+  c_out: np.ndarray
+
+  @property
+  def num_inference_steps(self) -> int:
+    return len(self.timesteps)
+
+
+def lcm(num_inference_steps: int, origin_steps: int = 50, num_train_timesteps: int = 1000,
+        beta_start: float = 0.00085, beta_end: float = 0.012, beta_schedule: str = "scaled_linear") -> LCMSchedule:
+  """The LCM schedule on VideoCrafter2's scaled-linear betas (0.00085 → 0.012, no zero-terminal SNR)."""
+  timesteps = lcm_timesteps(num_inference_steps, origin_steps, num_train_timesteps)
+  ab = alphas_cumprod(num_train_timesteps, beta_start, beta_end, beta_schedule)
+  scaled = timesteps.astype(np.float32) / np.float32(0.1)
+  sigma_data = np.float32(0.25)   # σ_d²
+  return LCMSchedule(timesteps=timesteps, alphas=ab[timesteps],
+                     alphas_next=ab[np.append(timesteps[1:], timesteps[-1])],
+                     c_skip=(sigma_data / (scaled**2 + sigma_data)).astype(np.float32),
+                     c_out=(scaled / np.sqrt(scaled**2 + sigma_data)).astype(np.float32))
+
+
+def lcm_step(x: jax.Array, eps: jax.Array, alpha: jax.Array | float, alpha_next: jax.Array | float,
+             c_skip: jax.Array | float, c_out: jax.Array | float, noise: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One LCM multistep step for an epsilon-predicting model → (the next sample, this step's denoised estimate), fp32.
+
+  x0 = (x − √(1 − ᾱ)·ε) / √ᾱ; denoised = c_out·x0 + c_skip·x; next = √ᾱ_next · denoised + √(1 − ᾱ_next) · noise.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  alpha, alpha_next = jnp.asarray(alpha, jnp.float32), jnp.asarray(alpha_next, jnp.float32)
+  x0 = (x - jnp.sqrt(1 - alpha) * jnp.asarray(eps, jnp.float32)) / jnp.sqrt(alpha)
+  denoised = jnp.asarray(c_out, jnp.float32) * x0 + jnp.asarray(c_skip, jnp.float32) * x
+  return jnp.sqrt(alpha_next) * denoised + jnp.sqrt(1 - alpha_next) * jnp.asarray(noise, jnp.float32), denoised
 
 
 def scale_model_input(x: jax.Array, sigma: jax.Array | float) -> jax.Array:

@@ -28,6 +28,12 @@ def timestep_embedding(timesteps: jax.Array, dim: int, *, flip_sin_to_cos: bool 
   return jnp.pad(emb, ((0, 0), (0, dim % 2)))
 
 
+def guidance_embedding(w: jax.Array, dim: int) -> jax.Array:
+  """(N,) guidance scales → (N, dim) fp32: LCM / T2V-Turbo's `get_w_embedding`, the sinusoidal embedding of w·1000
+  with frequencies exp(−ln(10⁴)·i / (dim/2 − 1)), laid out [sin ‖ cos] (unlike the timestep embedding's cos first)."""
+  return timestep_embedding(jnp.asarray(w, jnp.float32) * 1000, dim, flip_sin_to_cos=False, shift=1.0)
+
+
 class TimestepEmbedding(nn.Module):
   """Linear → SiLU → Linear on a sinusoidal embedding x (B, D_in) → (B, features). A `condition` (B, D_c) is first
   added through `cond_proj`, a Linear without bias (diffusers' `cond_proj_dim`: LCM's guidance embedding)."""
