@@ -83,12 +83,16 @@ def compare(hf, ours, ids, mask=None) -> dict:
     ref = hf(torch.from_numpy(ids), output_hidden_states=True, **kwargs)
     # The projection variant's output has no pooler_output: take it from its inner CLIPTextModel.
     pooled = (hf.text_model(torch.from_numpy(ids), **kwargs) if projection else ref).pooler_output
+    # transformers 5's plain CLIPTextModel is its text transformer (no `text_model` attribute).
+    penultimate_normed = (hf.text_model if projection else hf).final_layer_norm(ref.hidden_states[-2])
   with jax.default_matmul_precision("highest"):
     out = ours.forward(ids, mask, output_hidden_states=True)
-  assert set(out) == {"last_hidden_state", "pooler_output", "hidden_states"} | ({"text_embeds"} if projection else set())
+  assert set(out) == {"last_hidden_state", "pooler_output", "hidden_states", "penultimate_normed"} | (
+      {"text_embeds"} if projection else set())
   assert len(out["hidden_states"]) == len(ref.hidden_states) == ours.config.num_hidden_layers + 1
   errors = {"last_hidden_state": max_rel(out["last_hidden_state"], ref.last_hidden_state),
-            "pooler_output": max_rel(out["pooler_output"], pooled)}
+            "pooler_output": max_rel(out["pooler_output"], pooled),
+            "penultimate_normed": max_rel(out["penultimate_normed"], penultimate_normed)}
   if projection:
     errors["text_embeds"] = max_rel(out["text_embeds"], ref.text_embeds)
   errors |= {f"hidden_states[{i}]": max_rel(a, b) for i, (a, b) in enumerate(zip(out["hidden_states"],

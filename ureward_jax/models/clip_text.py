@@ -1,5 +1,7 @@
 """CLIP text encoders as SDXL uses them: transformers' `CLIPTextModel` (text_encoder, CLIP ViT-L, quick GELU) and
-`CLIPTextModelWithProjection` (text_encoder_2, OpenCLIP bigG, exact GELU, bias-free `text_projection`).
+`CLIPTextModelWithProjection` (text_encoder_2, OpenCLIP bigG, exact GELU, bias-free `text_projection`); also the
+OpenCLIP ViT-H text tower of VideoCrafter2 / T2V-Turbo, the same blocks (`converters/t2v_turbo.py` renames its
+`transformer.resblocks` and splits their fused attention projections).
 
 Token + learned position embeddings → pre-LN blocks under a causal mask (and an optional padding mask) →
 `final_layer_norm`. SDXL conditions on `hidden_states[-2]`, the output of the penultimate block *before* the final
@@ -209,11 +211,13 @@ class CLIPTextTransformer(nn.Module):
     encoder = CLIPEncoder(cfg, remat=self.remat, attention_backend=self.attention_backend,
                           collect=output_hidden_states, name="encoder", **kw)
     h, per_layer = encoder(x, mask)
-    last = layer_norm(cfg.layer_norm_eps, name="final_layer_norm", **kw)(h)
+    final_layer_norm = layer_norm(cfg.layer_norm_eps, name="final_layer_norm", **kw)
+    last = final_layer_norm(h)
     out = {"last_hidden_state": last, "pooler_output": last[jnp.arange(batch), eos_positions(input_ids,
                                                                                             cfg.eos_token_id)]}
     if output_hidden_states:
       out["hidden_states"] = (x,) + tuple(per_layer[i] for i in range(cfg.num_hidden_layers))
+      out["penultimate_normed"] = final_layer_norm(out["hidden_states"][-2])
     return out
 
 
@@ -227,7 +231,9 @@ class CLIPTextModel(nn.Module):
     pooler_output (B, D): last_hidden_state at the EOS token (`eos_positions`);
     text_embeds (B, P): `text_projection(pooler_output)`, projection variant only;
     hidden_states (only with `output_hidden_states`): L + 1 arrays (B, T, D), the embeddings then every block's
-      output, all before `final_layer_norm` (SDXL takes `hidden_states[-2]`).
+      output, all before `final_layer_norm` (SDXL takes `hidden_states[-2]`);
+    penultimate_normed (B, T, D) (only with `output_hidden_states`): `final_layer_norm(hidden_states[-2])`, the
+      "penultimate" layer of VideoCrafter2's OpenCLIP embedder (all blocks but the last, then the final LayerNorm).
   Params: `text_model/...` (see `CLIPTextTransformer`) and, projection variant, `text_projection/kernel` (D, P).
   """
   config: CLIPTextConfig

@@ -1,0 +1,115 @@
+"""VideoCrafter2 / T2V-Turbo checkpoints ⇄ our folders.
+
+The text encoder: the checkpoint's `cond_stage_model.model.*` is OpenCLIP's ViT-H text tower. Its blocks are
+transformers' CLIP text blocks under other names, with the attention's q, k and v projections fused into one
+`in_proj` (rows q, k, v); so it is renamed and split into transformers' layout and converted by the shared derived
+table (`converters/sdxl.py`), and merged back on export. OpenCLIP text towers have heads of width 64.
+`logit_scale` (the contrastive temperature) is not part of the text encoder and is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import numpy as np
+
+from converters import common, sdxl
+from converters.common import ConversionError
+from ureward_jax.models import clip_text
+
+OPENCLIP_HEAD_WIDTH = 64
+OPENCLIP_IGNORED = (r"(^|\.)logit_scale$", r"(^|\.)attn_mask$")
+# (OpenCLIP, transformers CLIP) name prefixes, `{}` a block index; the fused attention projection is split apart.
+_OPENCLIP_NAMES = (
+    ("token_embedding.weight", "text_model.embeddings.token_embedding.weight"),
+    ("positional_embedding", "text_model.embeddings.position_embedding.weight"),
+    ("transformer.resblocks.{}.ln_1.", "text_model.encoder.layers.{}.layer_norm1."),
+    ("transformer.resblocks.{}.ln_2.", "text_model.encoder.layers.{}.layer_norm2."),
+    ("transformer.resblocks.{}.attn.out_proj.", "text_model.encoder.layers.{}.self_attn.out_proj."),
+    ("transformer.resblocks.{}.mlp.c_fc.", "text_model.encoder.layers.{}.mlp.fc1."),
+    ("transformer.resblocks.{}.mlp.c_proj.", "text_model.encoder.layers.{}.mlp.fc2."),
+    ("ln_final.", "text_model.final_layer_norm."),
+)
+_IN_PROJ = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
+
+
+def openclip_text_config(tensors: Mapping[str, common.StoredTensor], prefix: str = "") -> clip_text.CLIPTextConfig:
+  """The text tower's shape, read from its tensors (under `prefix`): width, depth, vocabulary, context."""
+  def shape(name):
+    if prefix + name not in tensors:
+      raise ConversionError(f"missing tensor {prefix + name!r}: not an OpenCLIP text tower")
+    return tuple(tensors[prefix + name].shape)
+  vocab, width = shape("token_embedding.weight")
+  layers = common.count_layers([n[len(prefix):] for n in tensors if n.startswith(prefix)],
+                               "transformer.resblocks.{i}.ln_1.weight")
+  return clip_text.CLIPTextConfig(vocab_size=vocab, hidden_size=width, intermediate_size=shape(
+      "transformer.resblocks.0.mlp.c_fc.weight")[0], num_hidden_layers=layers,
+      num_attention_heads=width // OPENCLIP_HEAD_WIDTH, max_position_embeddings=shape("positional_embedding")[0],
+      hidden_act="gelu", projection_dim=shape("text_projection")[1], eos_token_id=clip_text.LEGACY_EOS_TOKEN_ID,
+      pad_token_id=0, with_projection=True)
+
+
+def openclip_text_params(tensors: Mapping[str, common.StoredTensor], prefix: str = "", dtype=None
+                         ) -> tuple[clip_text.CLIPTextConfig, dict]:
+  """(config, our `clip_text` params) from OpenCLIP text-tower tensors named under `prefix`; every tensor under it
+  must be used (but `logit_scale`), every parameter found."""
+  tensors = {k: v if hasattr(v, "load") else common.InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
+  config = openclip_text_config(tensors, prefix)
+  renamed = {}
+  for name, tensor in tensors.items():
+    if not name.startswith(prefix):
+      continue
+    name = name[len(prefix):]
+    if match := _IN_PROJ.match(name):
+      layer, kind = match.groups()
+      fused = tensor.load()
+      for part, value in zip(("q_proj", "k_proj", "v_proj"), np.split(fused, 3, axis=0)):
+        renamed[f"text_model.encoder.layers.{layer}.self_attn.{part}.{kind}"] = common.InMemoryTensor(value)
+      continue
+    if name == "text_projection":   # OpenCLIP multiplies x @ P: already our (in, out) kernel; ours is stored (out, in)
+      renamed["text_projection.weight"] = common.InMemoryTensor(np.ascontiguousarray(tensor.load().T))
+      continue
+    name = _renamed(name, _OPENCLIP_NAMES) or name   # an unknown name stays, and is reported as unexpected
+    renamed[name] = tensor
+  try:
+    params = sdxl.params_from_tensors(renamed, clip_text.param_shapes(config), dtype=dtype, ignore=OPENCLIP_IGNORED)
+  except ConversionError as e:   # name the checkpoint's tensors, not the renamed ones
+    raise ConversionError(re.sub(r"'([\w.]+)'", lambda m: repr(_openclip_name(m.group(1), prefix)), str(e))) from None
+  return config, params
+
+
+def _openclip_name(name: str, prefix: str) -> str:
+  """The checkpoint name behind a renamed tensor (a q, k or v part: its fused `in_proj` and which rows)."""
+  if match := re.match(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", name):
+    layer, part, kind = match.groups()
+    return f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind} ({part} rows)"
+  if name == "text_projection.weight":
+    return prefix + "text_projection"
+  return prefix + (_renamed(name, [(ours, theirs) for theirs, ours in _OPENCLIP_NAMES]) or name)
+
+
+def export_openclip_text(params, config: clip_text.CLIPTextConfig, prefix: str = "") -> dict[str, np.ndarray]:
+  """Our `clip_text` params → OpenCLIP text-tower tensors under `prefix` (q, k, v fused back into `in_proj`)."""
+  flat = common.flatten(params)
+  expected = {k: tuple(v.shape) for k, v in common.flatten(clip_text.param_shapes(config)).items()}
+  hf = common.export(flat, sdxl.rules(expected))
+  out = {}
+  for layer in range(config.num_hidden_layers):
+    attention = f"text_model.encoder.layers.{layer}.self_attn."
+    for kind in ("weight", "bias"):
+      out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = np.concatenate(
+          [hf.pop(f"{attention}{part}.{kind}") for part in ("q_proj", "k_proj", "v_proj")])
+  out["text_projection"] = np.ascontiguousarray(hf.pop("text_projection.weight").T)
+  inverse = [(ours, theirs) for theirs, ours in _OPENCLIP_NAMES]
+  for name, value in hf.items():
+    out[_renamed(name, inverse)] = value
+  return {prefix + name: value for name, value in out.items()}
+
+
+def _renamed(name: str, table) -> str | None:
+  """`name` with the first matching prefix of `table` ((from, to) pairs, `{}` = digits) replaced; None if none."""
+  for source, target in table:
+    if match := re.match(re.escape(source).replace(r"\{\}", r"(\d+)"), name):
+      return target.format(*match.groups()) + name[match.end():]
+  return None
