@@ -38,12 +38,12 @@ STACKED = ("layers",)
 _LEAVES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 
 
-def _source_name(path: str, ndim: int) -> Rule:
+def _source_name(path: str, ndim: int, indexed_containers: tuple[str, ...]) -> Rule:
   *modules, leaf = path.split("/")
   names = []
   for module in modules:
     indexed = re.fullmatch(r"(.+)_(\d+)", module)
-    if indexed and indexed.group(1) in INDEXED:
+    if indexed and indexed.group(1) in indexed_containers:
       names.append(f"{indexed.group(1)}.{indexed.group(2)}")
     elif module in STACKED:
       names.append(f"{module}.{{i}}")
@@ -58,9 +58,9 @@ def _source_name(path: str, ndim: int) -> Rule:
   return rule
 
 
-def rules(shapes: Mapping[str, tuple[int, ...]]) -> list[Rule]:
-  """The name table for a flat {our path: shape}."""
-  return [_source_name(path, len(shape)) for path, shape in shapes.items()]
+def rules(shapes: Mapping[str, tuple[int, ...]], indexed: tuple[str, ...] = INDEXED) -> list[Rule]:
+  """The name table for a flat {our path: shape}; `indexed`: the source containers whose children are numbered."""
+  return [_source_name(path, len(shape), indexed) for path, shape in shapes.items()]
 
 
 def stacks(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
@@ -75,14 +75,14 @@ def stacks(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, int]:
 
 
 def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor], shapes: Mapping, dtype=None,
-                        ignore=()) -> dict:
+                        ignore=(), indexed: tuple[str, ...] = INDEXED) -> dict:
   """Our nested params from source tensors (a state dict as numpy arrays, or `open_safetensors` of a folder).
 
   shapes: the model's parameter tree of `jax.ShapeDtypeStruct`s (its `param_shapes`).
   """
   tensors = {k: v if hasattr(v, "load") else common.InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
   flat_shapes = {k: tuple(v.shape) for k, v in common.flatten(shapes).items()}
-  flat = common.convert(tensors, rules(flat_shapes), flat_shapes, stacks(flat_shapes), dtype=dtype,
+  flat = common.convert(tensors, rules(flat_shapes, indexed), flat_shapes, stacks(flat_shapes), dtype=dtype,
                         ignore=ignore)
   return common.unflatten(flat)
 

@@ -1,5 +1,9 @@
 """VideoCrafter2 / T2V-Turbo checkpoints ⇄ our folders.
 
+The UNet: the checkpoint's `model.diffusion_model.*` (`ref_model.diffusion_model.*` in VideoDPO's reference-model
+files) is `openaimodel3d.UNetModel`; our `VideoCrafterUNet` mirrors its names (`input_blocks.1.0.in_layers.0`), so
+the table is derived from our parameter tree with the openai UNet's numbered containers.
+
 The text encoder: the checkpoint's `cond_stage_model.model.*` is OpenCLIP's ViT-H text tower. Its blocks are
 transformers' CLIP text blocks under other names, with the attention's q, k and v projections fused into one
 `in_proj` (rows q, k, v); so it is renamed and split into transformers' layout and converted by the shared derived
@@ -16,8 +20,13 @@ import numpy as np
 
 from converters import common, sdxl
 from converters.common import ConversionError
-from ureward_jax.models import clip_text
+from ureward_jax.models import clip_text, unet3d
 
+UNET_PREFIX = "model.diffusion_model."
+# The openai UNet's containers whose children are numbered (`in_layers.0`); a bare index (`input_blocks.1.0`) is a
+# module of ours named "0" and maps as it is.
+UNET_INDEXED = ("input_blocks", "output_blocks", "time_embed", "fps_embedding", "out", "in_layers", "emb_layers",
+                "out_layers", "transformer_blocks", "to_out", "net", "conv1", "conv2", "conv3", "conv4")
 OPENCLIP_HEAD_WIDTH = 64
 OPENCLIP_IGNORED = (r"(^|\.)logit_scale$", r"(^|\.)attn_mask$")
 # (OpenCLIP, transformers CLIP) name prefixes, `{}` a block index; the fused attention projection is split apart.
@@ -32,6 +41,26 @@ _OPENCLIP_NAMES = (
     ("ln_final.", "text_model.final_layer_norm."),
 )
 _IN_PROJ = re.compile(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$")
+
+
+def unet_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: unet3d.VideoCrafterUNetConfig,
+                prefix: str = UNET_PREFIX, dtype=None) -> dict:
+  """Our `VideoCrafterUNet` params from the UNet tensors named under `prefix`; tensors outside it are not looked at,
+  every one under it must be used and every parameter found."""
+  inside = {name[len(prefix):]: tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+  if not inside:
+    raise ConversionError(f"no tensor is named under {prefix!r}: not a VideoCrafter2 UNet checkpoint")
+  try:
+    return sdxl.params_from_tensors(inside, unet3d.param_shapes(config), dtype=dtype, indexed=UNET_INDEXED)
+  except ConversionError as e:   # name the checkpoint's tensors, prefix included
+    raise ConversionError(re.sub(r"'([\w.]+)'", lambda m: repr(prefix + m.group(1)), str(e))) from None
+
+
+def export_unet(params, config: unet3d.VideoCrafterUNetConfig, prefix: str = UNET_PREFIX) -> dict[str, np.ndarray]:
+  """Our `VideoCrafterUNet` params → the checkpoint's UNet tensors under `prefix`."""
+  expected = {k: tuple(v.shape) for k, v in common.flatten(unet3d.param_shapes(config)).items()}
+  tensors = common.export(common.flatten(params), sdxl.rules(expected, UNET_INDEXED))
+  return {prefix + name: value for name, value in tensors.items()}
 
 
 def openclip_text_config(tensors: Mapping[str, common.StoredTensor], prefix: str = "") -> clip_text.CLIPTextConfig:

@@ -5,10 +5,16 @@ transformer → down blocks of [resnet, temporal conv, spatial transformer, temp
 blocks that concatenate the skips in reverse → GroupNorm → SiLU → conv_out. The timestep embedding optionally adds
 an LCM guidance embedding through `time_embedding/cond_proj` (`time_cond_proj_dim`).
 
-Names mirror diffusers' state dict (`down_blocks_0/temp_attentions_1/transformer_blocks_0/attn2/to_q`), so the
-converter derives its table from the parameter tree. `attention_head_dim` is the width of a head (64), unlike the
-SDXL UNet's config: a block of C channels has C / attention_head_dim heads; the first temporal transformer has 8.
-Every transformer projects with Linear layers (diffusers builds the 3-D blocks with `use_linear_projection`).
+`VideoCrafterUNet` is VideoCrafter2's (`lvdm` `openaimodel3d.UNetModel`, the UNet of T2V-Turbo (VC2) and of
+UnifiedReward's video DPO): the same layers in the openai layout (`input_blocks.{k}.{i}`, each resnet followed by its
+own temporal conv, a first temporal transformer `init_attn` with Conv1d projections), conditioned also on the frame
+rate (`fps_embedding`) and, in T2V-Turbo, on the guidance scale through `time_cond_proj` before `time_embed`.
+
+Names mirror the source state dicts (`down_blocks_0/temp_attentions_1/...`, `input_blocks_1/0/in_layers_0/...`), so
+the converters derive their tables from the parameter tree. diffusers' `attention_head_dim` is the width of a head
+(64), unlike the SDXL UNet's config: a block of C channels has C / attention_head_dim heads; the first temporal
+transformer has 8. Every transformer of `UNet3DConditionModel` projects with Linear layers (diffusers builds the 3-D
+blocks with `use_linear_projection`).
 """
 
 from __future__ import annotations
@@ -23,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
-from ureward_jax.nn.linear import conv
+from ureward_jax.nn.linear import conv, dense
 from ureward_jax.nn.norms import group_norm
 from ureward_jax.nn.remat import remat
-from ureward_jax.nn.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from ureward_jax.nn.resnet import OPENAI_RESNET_NAMES, Downsample2D, ResnetBlock2D, Upsample2D
 from ureward_jax.nn.spatial_transformer import Transformer2DModel
 from ureward_jax.nn.temporal import TemporalConvLayer, TransformerTemporalModel
 
@@ -222,16 +228,197 @@ class UNet3DConditionModel(nn.Module):
     return x.reshape(batch, frames, height, width, -1)
 
 
-def init_params(config: UNet3DConditionConfig, rng: jax.Array, param_dtype=jnp.float32):
-  """Randomly initialised params (boxed with logical axis names), from a dummy 2-frame latent of the least size."""
-  side = 2 ** (len(config.block_out_channels) - 1)
+# --- VideoCrafter2 ------------------------------------------------------------------------------------------------
+
+GROUPS = 32   # every GroupNorm of the openai UNet
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoCrafterUNetConfig:
+  """`openaimodel3d.UNetModel` arguments with VideoCrafter2 / T2V-Turbo (VC2)'s values (`configs/.../config.yaml`,
+  `unet_config.params`). Attention happens at the downsampling factors in `attention_resolutions`, with heads of
+  `num_head_channels`. `use_w_embedding` False ignores `timestep_cond`, as the UNet copy in UnifiedReward's and
+  VideoDPO's code does (its `time_cond_proj` exists but is never applied)."""
+  in_channels: int = 4
+  out_channels: int = 4
+  model_channels: int = 320
+  channel_mult: tuple[int, ...] = (1, 2, 4, 4)
+  num_res_blocks: int = 2
+  attention_resolutions: tuple[int, ...] = (4, 2, 1)
+  num_head_channels: int = 64
+  transformer_depth: int = 1
+  temporal_transformer_depth: int = 1
+  context_dim: int = 1024
+  temporal_length: int = 16
+  addition_attention: bool = True
+  fps_cond: bool = True
+  time_cond_proj_dim: int | None = 256
+  use_w_embedding: bool = True
+
+  # Source options this port implements only at these values.
+  FIXED = {"use_scale_shift_norm": False, "resblock_updown": False, "use_relative_position": False,
+           "use_causal_attention": False, "tempspatial_aware": False, "use_image_attention": False,
+           "temporal_selfatt_only": True, "use_linear": True, "temporal_conv": True, "temporal_attention": True,
+           "conv_resample": True, "dims": 2, "num_heads": -1, "motion_cond_proj_dim": None}
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> "VideoCrafterUNetConfig":
+    """From the `unet_config.params` mapping of a VideoCrafter2 config (or our `to_dict()`); other keys ignored."""
+    for key, value in cls.FIXED.items():
+      if key in d and d[key] != value:
+        raise ValueError(f"VideoCrafter UNet {key}={d[key]!r} is not supported (only {value!r} is implemented)")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+    if any(c % config.num_head_channels for c in (config.model_channels * m for m in config.channel_mult)):
+      raise ValueError(f"every block width must be a multiple of num_head_channels {config.num_head_channels}")
+    return config
+
+  def to_dict(self) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+class _ResBlock(nn.Module):
+  """VideoCrafter2's `ResBlock`: a resnet (openai layer names) whose output passes through the block's own temporal
+  conv, named `temopral_conv` (sic) in the source. x (B·T, H, W, C) → (B·T, H, W, features)."""
+  features: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.resnet = ResnetBlock2D(self.features, GROUPS, 1e-5, OPENAI_RESNET_NAMES, **kw)
+    nn.share_scope(self, self.resnet)   # its layers sit directly in this block, as in the source
+    self.temopral_conv = TemporalConvLayer(GROUPS, **kw)
+
+  def __call__(self, x, emb, num_frames: int):
+    return self.temopral_conv(self.resnet(x, emb), num_frames)
+
+
+class _Stage(nn.Module):
+  """One `TimestepEmbedSequential` of the openai UNet: `kinds` applied in order, each named by its index.
+  Kinds: "conv" (3×3), "res", "spatial" / "temporal" transformers, "first_temporal" (`init_attn`'s: 8 heads,
+  Conv1d projections), "down" (stride-2 conv `op`), "up" (nearest ×2 + conv)."""
+  kinds: tuple[str, ...]
+  features: int
+  config: VideoCrafterUNetConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+  attention_backend: str = "xla"
+
+  @nn.compact
+  def __call__(self, x, emb, context, num_frames: int):
+    cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    heads = self.features // cfg.num_head_channels
+    attention = dict(remat=self.remat, attention_backend=self.attention_backend, **kw)
+    for i, kind in enumerate(self.kinds):
+      name = str(i)
+      if kind == "conv":
+        x = conv(self.features, 3, name=name, **kw)(x)
+      elif kind == "res":
+        x = remat(_ResBlock, self.remat)(self.features, name=name, **kw)(x, emb, num_frames)
+      elif kind == "spatial":
+        x = Transformer2DModel(heads, cfg.transformer_depth, GROUPS, name=name, **attention)(x, context)
+      elif kind == "temporal":
+        x = TransformerTemporalModel(heads, cfg.num_head_channels, GROUPS, cfg.temporal_transformer_depth,
+                                     name=name, **attention)(x, num_frames)
+      elif kind == "first_temporal":
+        x = TransformerTemporalModel(FIRST_TEMPORAL_HEADS, cfg.num_head_channels, GROUPS, cfg.transformer_depth,
+                                     projection="conv1d", name=name, **attention)(x, num_frames)
+      elif kind == "down":
+        x = Downsample2D(conv_name="op", name=name, **kw)(x)
+      elif kind == "up":
+        x = Upsample2D(name=name, **kw)(x)
+      else:
+        raise ValueError(f"unknown stage layer {kind!r}")
+    return x
+
+
+class VideoCrafterUNet(nn.Module):
+  """sample (B, T, H, W, C_in) channels-last, timesteps (B,) or a scalar, context (B, S, context_dim), fps a number
+  or (B,), and with `time_cond_proj_dim` a timestep_cond (B, time_cond_proj_dim), e.g. `guidance_embedding(w, 256)`
+  → the prediction (B, T, H, W, C_out). H and W must be multiples of 2^(levels − 1)."""
+  config: VideoCrafterUNetConfig
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  remat: str = "none"
+  attention_backend: str = "xla"
+
+  @nn.compact
+  def __call__(self, sample, timesteps, context, fps=16, timestep_cond=None):
+    cfg = self.config
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    batch, frames, height, width, _ = sample.shape
+    factor = 2 ** (len(cfg.channel_mult) - 1)
+    if height % factor or width % factor:
+      raise ValueError(f"latent size {(height, width)} must be a multiple of {factor} for this UNet")
+    timesteps = jnp.broadcast_to(jnp.asarray(timesteps, jnp.float32), (batch,))
+    t_emb = timestep_embedding(timesteps, cfg.model_channels).astype(self.dtype)
+    if cfg.time_cond_proj_dim is not None:
+      project = dense(cfg.model_channels, ("embed", "mlp"), use_bias=False, name="time_cond_proj", **kw)
+      if timestep_cond is not None and cfg.use_w_embedding:
+        t_emb = t_emb + project(timestep_cond.astype(self.dtype))
+      elif self.is_initializing():   # the checkpoint holds it even where it is not applied
+        project(jnp.zeros((1, cfg.time_cond_proj_dim), self.dtype))
+    emb = self._mlp("time_embed", t_emb, kw)
+    if cfg.fps_cond:
+      fps = jnp.broadcast_to(jnp.asarray(fps, jnp.float32), (batch,))
+      emb = emb + self._mlp("fps_embedding", timestep_embedding(fps, cfg.model_channels).astype(self.dtype), kw)
+    emb = jnp.repeat(emb, frames, axis=0)                                   # per frame, video-major
+    context = jnp.repeat(context.astype(self.dtype), frames, axis=0)
+
+    stage = functools.partial(_Stage, config=cfg, remat=self.remat, attention_backend=self.attention_backend, **kw)
+    run = lambda kinds, features, name: stage(kinds, features, name=name)(x, emb, context, frames)  # noqa: E731
+    x = sample.astype(self.dtype).reshape(batch * frames, height, width, -1)
+    x = run(("conv",), cfg.model_channels, "input_blocks_0")
+    if cfg.addition_attention:
+      x = run(("first_temporal",), cfg.model_channels, "init_attn")
+    skips, block, resolution = [x], 1, 1
+    attends = lambda: ("spatial", "temporal") if resolution in cfg.attention_resolutions else ()  # noqa: E731
+    for level, mult in enumerate(cfg.channel_mult):
+      for _ in range(cfg.num_res_blocks):
+        x = run(("res",) + attends(), cfg.model_channels * mult, f"input_blocks_{block}")
+        skips.append(x)
+        block += 1
+      if level < len(cfg.channel_mult) - 1:
+        x = run(("down",), cfg.model_channels * mult, f"input_blocks_{block}")
+        skips.append(x)
+        block, resolution = block + 1, resolution * 2
+    x = run(("res", "spatial", "temporal", "res"), x.shape[-1], "middle_block")
+    block = 0
+    for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+      for i in range(cfg.num_res_blocks + 1):
+        x = jnp.concatenate([x, skips.pop()], axis=-1)
+        upsample = ("up",) if level and i == cfg.num_res_blocks else ()
+        x = run(("res",) + attends() + upsample, cfg.model_channels * mult, f"output_blocks_{block}")
+        block += 1
+      resolution //= 2
+    x = jax.nn.silu(group_norm(GROUPS, 1e-5, name="out_0", **kw)(x))
+    x = conv(cfg.out_channels, 3, name="out_2", **kw)(x)
+    return x.reshape(batch, frames, height, width, -1)
+
+  def _mlp(self, name, x, kw):
+    """Linear → SiLU → Linear (`{name}.0`, `{name}.2`) to the time-embedding width 4 · model_channels."""
+    width = 4 * self.config.model_channels
+    x = dense(width, ("embed", "mlp"), name=f"{name}_0", **kw)(x)
+    return dense(width, ("mlp", "embed"), name=f"{name}_2", **kw)(jax.nn.silu(x))
+
+
+def init_params(config: UNet3DConditionConfig | VideoCrafterUNetConfig, rng: jax.Array, param_dtype=jnp.float32):
+  """Randomly initialised params (boxed with logical axis names) of either UNet, from a dummy 2-frame latent."""
+  if isinstance(config, VideoCrafterUNetConfig):
+    module, levels, context_dim = VideoCrafterUNet(config, param_dtype=param_dtype), config.channel_mult, config.context_dim
+  else:
+    module, levels = UNet3DConditionModel(config, param_dtype=param_dtype), config.block_out_channels
+    context_dim = config.cross_attention_dim
+  side = 2 ** (len(levels) - 1)
   cond = None if config.time_cond_proj_dim is None else jnp.zeros((1, config.time_cond_proj_dim))
-  module = UNet3DConditionModel(config, param_dtype=param_dtype)
-  return module.init(rng, jnp.zeros((1, 2, side, side, config.in_channels)), jnp.zeros((1,)),
-                     jnp.zeros((1, 1, config.cross_attention_dim)), cond)["params"]
+  inputs = (jnp.zeros((1, 2, side, side, config.in_channels)), jnp.zeros((1,)), jnp.zeros((1, 1, context_dim)))
+  kwargs = {"timestep_cond": cond}
+  return module.init(rng, *inputs, **kwargs)["params"]
 
 
-def param_shapes(config: UNet3DConditionConfig, boxed: bool = False) -> dict:
+def param_shapes(config: UNet3DConditionConfig | VideoCrafterUNetConfig, boxed: bool = False) -> dict:
   """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything (boxed: keep logical names)."""
   shapes = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
   return shapes if boxed else nn.unbox(shapes)
