@@ -176,10 +176,17 @@ def test_enforce_zero_terminal_snr():
   assert np.abs(ours[500] / ab[500] - 1) > 1e-2
 
 
-def test_turbo_timesteps():
-  timesteps = jax.jit(S.turbo_timesteps, static_argnums=1)(jax.random.PRNGKey(0), 1000)
-  assert timesteps.shape == (1000,) and jnp.issubdtype(timesteps.dtype, jnp.integer)
-  values, counts = np.unique(np.asarray(timesteps), return_counts=True)
-  np.testing.assert_array_equal(values, S.TURBO_TRAIN_TIMESTEPS)
-  assert counts.min() > 200  # roughly uniform over the four
+def test_training_timesteps():
+  draw = jax.jit(S.training_timesteps, static_argnums=(1, 2))
+  for values in (S.TURBO_TRAIN_TIMESTEPS, S.DDIM50_TRAIN_TIMESTEPS, None):
+    timesteps = draw(jax.random.PRNGKey(0), 4000, values)
+    assert timesteps.shape == (4000,) and timesteps.dtype == jnp.int32
+    found, counts = np.unique(np.asarray(timesteps), return_counts=True)
+    if values is None:
+      assert found.min() >= 0 and found.max() <= 999 and len(found) > 900
+    else:
+      np.testing.assert_array_equal(found, values)
+      assert counts.min() > 0.5 * 4000 / len(values)   # roughly uniform
   np.testing.assert_array_equal(S.TURBO_TRAIN_TIMESTEPS, S.euler_ancestral(4).timesteps[::-1])
+  assert S.DDIM50_TRAIN_TIMESTEPS[:2] == (19, 39) and S.DDIM50_TRAIN_TIMESTEPS[-1] == 999
+  assert len(S.DDIM50_TRAIN_TIMESTEPS) == 50

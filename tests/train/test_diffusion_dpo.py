@@ -45,13 +45,44 @@ def test_loss_equals_the_formula(beta):
     D.diffusion_dpo_loss(model_pred[:5], ref_pred[:5], target[:5], beta)
 
 
+def numpy_videodpo_loss(model_pred, ref_pred, target, beta, factors):
+  """VideoDPO's ddpm3d.py loss written out in float64 on its (B, C, T, H, W) layout: mean(dim=[1, 2, 3]) keeps W."""
+  to_theirs = lambda x: x.astype(np.float64).transpose(0, 4, 1, 2, 3)  # noqa: E731 - ours (B, T, H, W, C)
+  mse = lambda p: ((to_theirs(p) - to_theirs(target)) ** 2).mean(axis=(1, 2, 3))  # noqa: E731 - (2B, W)
+  model_w, model_l = np.split(mse(model_pred), 2)
+  ref_w, ref_l = np.split(mse(ref_pred), 2)
+  inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
+  return np.mean(factors[:, None] * np.log1p(np.exp(-inside))), np.mean(inside > 0)
+
+
+def test_videodpo_per_width_reduction_and_pair_factors_equal_the_formula():
+  rng = np.random.default_rng(3)
+  target = rng.normal(size=(6, 2, 4, 5, 4)).astype(np.float32)   # 3 pairs of (T, H, W, C) latents
+  model_pred = target + 0.3 * rng.normal(size=target.shape).astype(np.float32)
+  ref_pred = target + 0.3 * rng.normal(size=target.shape).astype(np.float32)
+  factors = np.array([0.72, 0.72 / 0.5, 0.72 / 0.9])   # (0.72 / score)^1; no score: 0.72
+  loss, metrics = D.diffusion_dpo_loss(model_pred, ref_pred, target, 50.0, factors=jnp.asarray(factors), keep_axis=3)
+  want_loss, want_acc = numpy_videodpo_loss(model_pred, ref_pred, target, 50.0, factors)
+  np.testing.assert_allclose(loss, want_loss, rtol=1e-5)
+  assert float(metrics["implicit_acc"]) == pytest.approx(want_acc)
+  full, _ = D.diffusion_dpo_loss(model_pred, ref_pred, target, 50.0)
+  assert abs(float(full) - want_loss) > 1e-3   # the reduction changes the loss
+  with pytest.raises(ValueError, match="keep_axis"):
+    D.diffusion_dpo_loss(model_pred, ref_pred, target, 50.0, keep_axis=0)
+
+
 def test_a_pair_shares_its_noise_and_timestep():
   latents = jnp.asarray(np.random.default_rng(1).normal(size=(8, 4, 4, 4)), jnp.float32)
   alphas = jnp.asarray(D.training_alphas_cumprod(turbo=True))
-  noisy, t, noise = D.noised_pairs(jax.random.key(0), latents, alphas, turbo=True)
+  noisy, t, noise = D.noised_pairs(jax.random.key(0), latents, alphas)
   np.testing.assert_array_equal(t[:4], t[4:])
   np.testing.assert_array_equal(noise[:4], noise[4:])
   assert set(np.asarray(t).tolist()) <= {249, 499, 749, 999}
+  # VideoDPO: every member its own noise and timestep, from the DDIM-50 grid.
+  _, own_t, own_noise = D.noised_pairs(jax.random.key(0), jnp.zeros((64, 2)), alphas,
+                                       schedulers.DDIM50_TRAIN_TIMESTEPS, paired=False)
+  assert not np.array_equal(own_t[:32], own_t[32:]) and not np.array_equal(own_noise[:32], own_noise[32:])
+  assert set(np.asarray(own_t).tolist()) <= set(schedulers.DDIM50_TRAIN_TIMESTEPS)
   np.testing.assert_allclose(noisy, schedulers.add_noise(latents, noise, t, alphas), rtol=1e-6)
   # Zero terminal SNR: at t = 999 nothing of the image is left.
   assert float(alphas[999]) == 0.0 and float(alphas[0]) == pytest.approx(1 - 0.00085, rel=1e-6)

@@ -4,7 +4,7 @@ sampling, and the DDPM forward process of Diffusion-DPO training.
 Schedules (betas, ᾱ, inference timesteps and sigmas) are built once on the host in numpy and follow diffusers'
 `EulerAncestralDiscreteScheduler` / `DDPMScheduler` fp32 arithmetic. They agree with diffusers to ~2 fp32 ulps, not
 bit for bit: torch's fp32 `linspace` and (on AVX2 CPUs) its `sqrt` / `** 0.5` are not correctly rounded, ours are.
-The per-step functions (`scale_model_input`, `step`, `lcm_step`, `add_noise`, `turbo_timesteps`) are pure jnp, take
+The per-step functions (`scale_model_input`, `step`, `lcm_step`, `add_noise`, `training_timesteps`) are pure jnp, take
 the sigmas / timesteps as arguments and jit (and scan) without recompiling per step.
 
 SDXL-Turbo samples with `euler_ancestral(1)` (or 2–4 steps): `x = noise · init_noise_sigma`, then for each i
@@ -35,8 +35,10 @@ _DIFFUSERS_DEFAULTS = {
     "steps_offset": 0,
 }
 
-# The values of `turbo_timesteps`' rule, 250·k + 249 for k < 4: exactly the 4-step trailing inference timesteps.
+# SDXL-Turbo's Diffusion-DPO timesteps, 250·k + 249 for k < 4: exactly the 4-step trailing inference timesteps.
 TURBO_TRAIN_TIMESTEPS = (249, 499, 749, 999)
+# VideoDPO's T2V-Turbo timesteps: the 50-step DDIM grid of VideoCrafter2, 20·k + 19.
+DDIM50_TRAIN_TIMESTEPS = tuple(range(19, 1000, 20))
 
 
 def betas(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
@@ -256,11 +258,14 @@ def add_noise(x0: jax.Array, noise: jax.Array, timesteps: jax.Array, alphas_cump
   return jnp.sqrt(ab) * x0 + jnp.sqrt(1 - ab) * jnp.asarray(noise, jnp.float32)
 
 
-def turbo_timesteps(rng: jax.Array, n: int) -> jax.Array:
-  """(n,) int32 training timesteps for SDXL-Turbo, each one of `TURBO_TRAIN_TIMESTEPS` = (249, 499, 749, 999).
+def training_timesteps(rng: jax.Array, n: int, values: tuple[int, ...] | None = None,
+                       num_train_timesteps: int = 1000) -> jax.Array:
+  """(n,) int32 training timesteps, uniform over `values`, or over [0, num_train_timesteps) when None.
 
-  Diffusion-DPO's rule t = 250·(u mod 4) + 249 with u ~ randint(0, 1000): Turbo only ever denoises from its 4-step
-  trailing timesteps, so it is trained there only. 1000 is a multiple of 4, so u mod 4 is uniform on {0, 1, 2, 3} and
-  we draw that directly.
+  SDXL-Turbo trains at `TURBO_TRAIN_TIMESTEPS`: Diffusion-DPO's rule t = 250·(u mod 4) + 249 with u ~ randint(0,
+  1000), uniform on those four because 1000 is a multiple of 4 (Turbo only ever denoises from its 4-step trailing
+  timesteps). VideoDPO's T2V-Turbo run trains at `DDIM50_TRAIN_TIMESTEPS`.
   """
-  return 250 * jax.random.randint(rng, (n,), 0, 4, dtype=jnp.int32) + 249
+  if values is None:
+    return jax.random.randint(rng, (n,), 0, num_train_timesteps, dtype=jnp.int32)
+  return jnp.asarray(values, jnp.int32)[jax.random.randint(rng, (n,), 0, len(values))]

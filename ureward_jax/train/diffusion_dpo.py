@@ -29,27 +29,37 @@ PAIR_KEYS = ("latent_mean", "latent_logvar", "prompt_embeds", "text_embeds", "ti
 
 
 def diffusion_dpo_loss(model_pred: jax.Array, ref_pred: jax.Array, target: jax.Array, beta: float,
-                       weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                       weights: jax.Array | None = None, factors: jax.Array | None = None,
+                       keep_axis: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """(loss, metrics) for predictions and target (2B, ...) laid out [winners; losers], in fp32.
 
   weights (B,): each pair's share of the means (0 for a pair whose images could not be read); None = all 1.
-  metrics: `implicit_acc` (share of pairs where the policy moved towards the winner more than the reference,
+  factors (B,): multiply each pair's term, not normalised (VideoDPO's (0.72 / score)^dupbeta re-weighting).
+  keep_axis: an axis the squared error is not averaged over, so that each pair has one term per position along it,
+  all averaged in the loss (VideoDPO's `mean(dim=[1, 2, 3])` of (B, C, T, H, W) latents keeps W: our axis 3 of
+  (B, T, H, W, C)); None averages over every non-batch axis (DiffusionDPO).
+  metrics: `implicit_acc` (share of pair terms where the policy moved towards the winner more than the reference,
   inside > 0), `model_mse` / `ref_mse` (the plain denoising losses, ½ of winners' mean + losers' mean).
   """
   if model_pred.shape[0] % 2:
     raise ValueError(f"the batch must hold [winners; losers], an even number of rows; got {model_pred.shape[0]}")
-  axes = tuple(range(1, model_pred.ndim))
+  if keep_axis is not None and not 0 < keep_axis % model_pred.ndim:
+    raise ValueError(f"keep_axis {keep_axis} must be a non-batch axis of a {model_pred.ndim}-d prediction")
+  axes = tuple(a for a in range(1, model_pred.ndim) if keep_axis is None or a != keep_axis % model_pred.ndim)
   target = target.astype(jnp.float32)
-  model_mse = jnp.mean(jnp.square(model_pred.astype(jnp.float32) - target), axis=axes)
+  model_mse = jnp.mean(jnp.square(model_pred.astype(jnp.float32) - target), axis=axes)   # (2B,) or (2B, K)
   ref_mse = jnp.mean(jnp.square(ref_pred.astype(jnp.float32) - target), axis=axes)
   model_w, model_l = jnp.split(model_mse, 2)
   ref_w, ref_l = jnp.split(ref_mse, 2)
   inside = -0.5 * beta * ((model_w - model_l) - (ref_w - ref_l))
-  weights = jnp.ones_like(inside) if weights is None else weights.astype(jnp.float32)
-  mean = lambda x: jnp.sum(weights * x) / jnp.maximum(jnp.sum(weights), 1.0)  # noqa: E731
+  per_pair = lambda x: x.reshape(x.shape[0], -1).mean(axis=1)  # noqa: E731
+  weights = jnp.ones(inside.shape[:1]) if weights is None else weights.astype(jnp.float32)
+  factors = jnp.ones(inside.shape[:1]) if factors is None else factors.astype(jnp.float32)
+  mean = lambda x: jnp.sum(weights * per_pair(x)) / jnp.maximum(jnp.sum(weights), 1.0)  # noqa: E731
   metrics = {"implicit_acc": mean(inside > 0), "model_mse": 0.5 * (mean(model_w) + mean(model_l)),
              "ref_mse": 0.5 * (mean(ref_w) + mean(ref_l))}
-  return mean(-jax.nn.log_sigmoid(inside)), metrics
+  factors = factors.reshape(factors.shape + (1,) * (inside.ndim - 1))
+  return mean(-factors * jax.nn.log_sigmoid(inside)), metrics
 
 
 def training_alphas_cumprod(turbo: bool, scheduler_config: dict | None = None) -> np.ndarray:
@@ -60,17 +70,17 @@ def training_alphas_cumprod(turbo: bool, scheduler_config: dict | None = None) -
   return schedulers.enforce_zero_terminal_snr(alphas) if turbo else alphas
 
 
-def noised_pairs(rng: jax.Array, latents: jax.Array, alphas_cumprod: jax.Array, turbo: bool
+def noised_pairs(rng: jax.Array, latents: jax.Array, alphas_cumprod: jax.Array,
+                 timestep_values: tuple[int, ...] | None = schedulers.TURBO_TRAIN_TIMESTEPS, paired: bool = True
                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(x_t, t, ε) for latents (2B, h, w, C) [winners; losers]: one (t, ε) per pair, shared by its two images."""
-  pairs = latents.shape[0] // 2
+  """(x_t, t, ε) for latents (2B, ...) [winners; losers], t drawn from `timestep_values` (None: all timesteps):
+  one (t, ε) per pair, shared by its two members (DiffusionDPO), or, not `paired`, one per member (VideoDPO)."""
+  draws = latents.shape[0] // 2 if paired else latents.shape[0]
   noise_rng, t_rng = jax.random.split(rng)
-  noise = jax.random.normal(noise_rng, (pairs,) + latents.shape[1:], jnp.float32)
-  if turbo:
-    timesteps = schedulers.turbo_timesteps(t_rng, pairs)
-  else:
-    timesteps = jax.random.randint(t_rng, (pairs,), 0, alphas_cumprod.shape[0])
-  noise, timesteps = jnp.concatenate([noise, noise]), jnp.concatenate([timesteps, timesteps])
+  noise = jax.random.normal(noise_rng, (draws,) + latents.shape[1:], jnp.float32)
+  timesteps = schedulers.training_timesteps(t_rng, draws, timestep_values, alphas_cumprod.shape[0])
+  if paired:
+    noise, timesteps = jnp.concatenate([noise, noise]), jnp.concatenate([timesteps, timesteps])
   return schedulers.add_noise(latents, noise, timesteps, alphas_cumprod), timesteps, noise
 
 
@@ -83,7 +93,8 @@ def make_loss_fn(module: UNet2DConditionModel, beta: float, alphas_cumprod: np.n
     posterior_rng, noise_rng = jax.random.split(rng)
     std = jnp.exp(0.5 * mb["latent_logvar"])
     latents = (mb["latent_mean"] + std * jax.random.normal(posterior_rng, std.shape, jnp.float32)) * scaling_factor
-    noisy, timesteps, noise = noised_pairs(noise_rng, latents, alphas_cumprod, turbo)
+    noisy, timesteps, noise = noised_pairs(noise_rng, latents, alphas_cumprod,
+                                           schedulers.TURBO_TRAIN_TIMESTEPS if turbo else None)
     both = lambda x: jnp.concatenate([x, x])  # noqa: E731 - one prompt for both images of a pair
     cond = (both(mb["prompt_embeds"]), both(mb["text_embeds"]), both(mb["time_ids"]))
 
