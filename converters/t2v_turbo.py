@@ -4,6 +4,11 @@ The UNet: the checkpoint's `model.diffusion_model.*` (`ref_model.diffusion_model
 files) is `openaimodel3d.UNetModel`; our `VideoCrafterUNet` mirrors its names (`input_blocks.1.0.in_layers.0`), so
 the table is derived from our parameter tree with the openai UNet's numbered containers.
 
+The VAE: `first_stage_model.*` is latent-diffusion's `AutoencoderKL` (Stable Diffusion's, scale factor 0.18215,
+applied per frame). Its names are renamed to diffusers' (`encoder.down.{i}.block.{j}` → `down_blocks.{i}.resnets.{j}`,
+the decoder's levels in reverse order, `mid.attn_1.q` → `to_q` with its 1×1 conv kernel flattened to a matrix) and
+converted by the shared table of `models/vae.py`.
+
 The text encoder: the checkpoint's `cond_stage_model.model.*` is OpenCLIP's ViT-H text tower. Its blocks are
 transformers' CLIP text blocks under other names, with the attention's q, k and v projections fused into one
 `in_proj` (rows q, k, v); so it is renamed and split into transformers' layout and converted by the shared derived
@@ -20,9 +25,13 @@ import numpy as np
 
 from converters import common, sdxl
 from converters.common import ConversionError
-from ureward_jax.models import clip_text, unet3d
+from ureward_jax.models import clip_text, unet3d, vae
 
 UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+# latent-diffusion's AutoencoderKL: ddconfig ch 128, ch_mult (1, 2, 4, 4), 2 res blocks, z 4; scale_factor 0.18215.
+LDM_VAE = vae.AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215, sample_size=512,
+                                  force_upcast=False)
 # The openai UNet's containers whose children are numbered (`in_layers.0`); a bare index (`input_blocks.1.0`) is a
 # module of ours named "0" and maps as it is.
 UNET_INDEXED = ("input_blocks", "output_blocks", "time_embed", "fps_embedding", "out", "in_layers", "emb_layers",
@@ -61,6 +70,60 @@ def export_unet(params, config: unet3d.VideoCrafterUNetConfig, prefix: str = UNE
   expected = {k: tuple(v.shape) for k, v in common.flatten(unet3d.param_shapes(config)).items()}
   tensors = common.export(common.flatten(params), sdxl.rules(expected, UNET_INDEXED))
   return {prefix + name: value for name, value in tensors.items()}
+
+
+def _ldm_vae_rules(levels: int) -> list[tuple[str, str]]:
+  """(latent-diffusion, diffusers) VAE name prefixes; `{}` is a block index."""
+  rules = [("encoder.down.{}.block.{}.", "encoder.down_blocks.{}.resnets.{}."),
+           ("encoder.down.{}.downsample.conv.", "encoder.down_blocks.{}.downsamplers.0.conv.")]
+  for part in ("encoder", "decoder"):
+    rules += [(f"{part}.mid.block_{k + 1}.", f"{part}.mid_block.resnets.{k}.") for k in range(2)]
+    rules += [(f"{part}.mid.attn_1.{ldm}.", f"{part}.mid_block.attentions.0.{ours}.")
+              for ldm, ours in (("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"),
+                                ("proj_out", "to_out.0"))]
+    rules.append((f"{part}.norm_out.", f"{part}.conv_norm_out."))
+  for level in range(levels):   # the decoder's `up` runs from the lowest resolution's index down
+    rules += [(f"decoder.up.{level}.block.{{}}.", f"decoder.up_blocks.{levels - 1 - level}.resnets.{{}}."),
+              (f"decoder.up.{level}.upsample.conv.", f"decoder.up_blocks.{levels - 1 - level}.upsamplers.0.conv.")]
+  return rules
+
+
+_ATTENTION_PROJECTION = re.compile(r"mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
+
+
+def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: vae.AutoencoderKLConfig = LDM_VAE,
+               prefix: str = VAE_PREFIX, dtype=None) -> dict:
+  """Our VAE params from latent-diffusion `AutoencoderKL` tensors named under `prefix`."""
+  rules = _ldm_vae_rules(len(config.block_out_channels))
+  renamed = {}
+  for name, tensor in tensors.items():
+    if not name.startswith(prefix):
+      continue
+    name = _renamed(name[len(prefix):], rules) or name[len(prefix):]
+    name = re.sub(r"\.nin_shortcut\.", ".conv_shortcut.", name)
+    if _ATTENTION_PROJECTION.search(name):   # a 1×1 conv over channels is a Linear
+      value = np.asarray(tensor.load() if hasattr(tensor, "load") else tensor)
+      tensor = common.InMemoryTensor(value.reshape(value.shape[:2]))
+    renamed[name] = tensor
+  if not renamed:
+    raise ConversionError(f"no tensor is named under {prefix!r}: not a latent-diffusion VAE checkpoint")
+  try:
+    return sdxl.params_from_tensors(renamed, vae.param_shapes(config), dtype=dtype)
+  except ConversionError as e:
+    raise ConversionError(f"{e}\n(names in diffusers' VAE layout, under {prefix!r})") from None
+
+
+def export_vae(params, config: vae.AutoencoderKLConfig = LDM_VAE, prefix: str = VAE_PREFIX) -> dict[str, np.ndarray]:
+  """Our VAE params → latent-diffusion `AutoencoderKL` tensors under `prefix`."""
+  expected = {k: tuple(v.shape) for k, v in common.flatten(vae.param_shapes(config)).items()}
+  inverse = [(ours, ldm) for ldm, ours in _ldm_vae_rules(len(config.block_out_channels))]
+  out = {}
+  for name, value in common.export(common.flatten(params), sdxl.rules(expected)).items():
+    if _ATTENTION_PROJECTION.search(name):
+      value = value.reshape(*value.shape, 1, 1)
+    name = re.sub(r"\.conv_shortcut\.", ".nin_shortcut.", _renamed(name, inverse) or name)
+    out[prefix + name] = value
+  return out
 
 
 def openclip_text_config(tensors: Mapping[str, common.StoredTensor], prefix: str = "") -> clip_text.CLIPTextConfig:

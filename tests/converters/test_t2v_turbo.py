@@ -1,16 +1,20 @@
 """The VideoCrafter2 / T2V-Turbo converter. The OpenCLIP text tower: its checkpoint tensors become our CLIP text
 encoder, whose "penultimate" output equals the re-statement of VideoCrafter2's embedder, and export restores every
-tensor bit for bit."""
+tensor bit for bit. The latent-diffusion VAE: our names for it are the ones diffusers' own conversion reads, and
+they round-trip. (The UNet's tensors: tests/models/test_videocrafter.py.)"""
 
+import diffusers
+import jax
 import numpy as np
 import pytest
 import torch
+from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
-from converters import t2v_turbo
+from converters import sdxl, t2v_turbo
 from converters.common import ConversionError
 from tests.parity import max_rel
 from tests.video_reference import OpenCLIPText
-from ureward_jax.models import clip_text
+from ureward_jax.models import clip_text, vae
 
 PREFIX = "cond_stage_model.model."
 
@@ -66,3 +70,25 @@ def test_openclip_text_export_is_bit_exact_and_failures_name_the_tensor(openclip
     t2v_turbo.openclip_text_params(wrong, PREFIX)
   with pytest.raises(ConversionError, match="not an OpenCLIP text tower"):
     t2v_turbo.openclip_text_params(tensors, "model.")
+
+
+def test_ldm_vae_names_match_diffusers_conversion_and_round_trip():
+  torch.manual_seed(1)
+  ref = diffusers.AutoencoderKL(block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=32,
+                                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
+  theirs = {k: v.numpy() for k, v in ref.state_dict().items()}
+  config = vae.AutoencoderKLConfig.from_dict(dict(ref.config))
+  params = sdxl.params_from_tensors(theirs, vae.param_shapes(config))
+  ldm = t2v_turbo.export_vae(params, config)
+  assert "first_stage_model.decoder.up.1.block.2.nin_shortcut.weight" not in ldm   # same width: no shortcut
+  assert ldm["first_stage_model.encoder.down.1.block.0.nin_shortcut.weight"].shape == (64, 32, 1, 1)
+  assert ldm["first_stage_model.decoder.mid.attn_1.q.weight"].shape == (64, 64, 1, 1)
+  # diffusers' own latent-diffusion conversion reads our names back into its state dict exactly.
+  back = convert_ldm_vae_checkpoint({k: torch.from_numpy(v) for k, v in ldm.items()}, dict(ref.config))
+  assert set(back) == set(theirs)
+  assert all(np.array_equal(back[k].numpy().reshape(theirs[k].shape), theirs[k]) for k in theirs)
+  again = t2v_turbo.vae_params(ldm, config)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again), jax.tree.leaves(params)))
+  assert all(np.array_equal(v, ldm[k]) for k, v in t2v_turbo.export_vae(again, config).items())
+  with pytest.raises(ConversionError, match="not a latent-diffusion VAE"):
+    t2v_turbo.vae_params(ldm, config, prefix="vae.")
