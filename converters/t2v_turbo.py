@@ -72,6 +72,52 @@ def export_unet(params, config: unet3d.VideoCrafterUNetConfig, prefix: str = UNE
   return {prefix + name: value for name, value in tensors.items()}
 
 
+# `UNetModel`'s children in the order its constructors register them, which `named_modules()` follows; numbered
+# children come in index order.
+_REGISTRATION_ORDER = (
+    "time_embed", "fps_embedding", "time_cond_proj", "input_blocks", "init_attn", "middle_block", "output_blocks",
+    "out", "in_layers", "emb_layers", "out_layers", "skip_connection", "temopral_conv", "conv1", "conv2", "conv3",
+    "conv4", "norm", "proj_in", "transformer_blocks", "proj_out", "attn1", "ff", "attn2", "to_q", "to_k", "to_v",
+    "to_out", "net", "proj", "op", "conv")
+
+
+def lora_targets(config: unet3d.VideoCrafterUNetConfig) -> list[str]:
+  """The UNet modules T2V-Turbo's LoRA wraps, by source name (`input_blocks.1.0.in_layers.2`), in the order of its
+  positional `unet_lora.pt` list: every `nn.Linear`, `nn.Conv2d` and `nn.Conv3d` under `UNetModel` (not the Conv1d
+  projections of `init_attn`), as `named_modules()` walks them."""
+  shapes = {k: tuple(v.shape) for k, v in common.flatten(unet3d.param_shapes(config)).items()}
+  modules = [rule.source.removesuffix(".weight") for rule in sdxl.rules(shapes, UNET_INDEXED)
+             if rule.target.endswith("/kernel") and len(shapes[rule.target]) != 3]
+
+  def key(name):
+    return [(1, int(part)) if part.isdigit() else (0, _REGISTRATION_ORDER.index(part)) for part in name.split(".")]
+  return sorted(modules, key=key)
+
+
+def merge_lora(tensors: dict[str, np.ndarray], lora: list[np.ndarray], config: unet3d.VideoCrafterUNetConfig,
+               prefix: str = UNET_PREFIX, scale: float = 1.0) -> dict[str, np.ndarray]:
+  """`tensors` with T2V-Turbo's LoRA merged in: W ← W + scale · up @ down for each of `lora_targets` in turn, `lora`
+  being [up₀, down₀, up₁, down₁, …] (convolutions flattened to matrices over their kernel). A target missing from
+  `tensors` (T2V-Turbo's `time_cond_proj`, never saved) is taken as zeros: the merged weight is the delta alone."""
+  targets = lora_targets(config)
+  if len(lora) != 2 * len(targets):
+    raise ConversionError(f"the LoRA list holds {len(lora)} tensors; this UNet has {len(targets)} LoRA targets, "
+                          f"so {2 * len(targets)} are expected (up, down for each)")
+  merged = dict(tensors)
+  for index, module in enumerate(targets):
+    up, down = (np.asarray(t, np.float32) for t in lora[2 * index:2 * index + 2])
+    delta = scale * up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)
+    name = f"{prefix}{module}.weight"
+    base = merged.get(name)
+    if base is None:
+      base = np.zeros((up.shape[0], *down.shape[1:]), np.float32)
+    if delta.size != base.size:
+      raise ConversionError(f"LoRA pair {index} (up {up.shape}, down {down.shape}) does not fit {name} "
+                            f"{tuple(base.shape)}")
+    merged[name] = (base.astype(np.float32) + delta.reshape(base.shape)).astype(base.dtype)
+  return merged
+
+
 def _ldm_vae_rules(levels: int) -> list[tuple[str, str]]:
   """(latent-diffusion, diffusers) VAE name prefixes; `{}` is a block index."""
   rules = [("encoder.down.{}.block.{}.", "encoder.down_blocks.{}.resnets.{}."),

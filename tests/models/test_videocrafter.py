@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from converters import t2v_turbo
 from converters.common import ConversionError
@@ -40,11 +41,10 @@ def inputs(frames, side, seed=1):
 
 
 def ours(config, params, args):
-  module = unet3d.VideoCrafterUNet(config)
+  apply = jax.jit(unet3d.VideoCrafterUNet(config).apply)
   with jax.default_matmul_precision("highest"):
-    out = module.apply({"params": params}, args["x"].numpy().transpose(0, 2, 3, 4, 1), args["timesteps"].numpy(),
-                       args["context"].numpy(), args["fps"].numpy(),
-                       None if args["timestep_cond"] is None else args["timestep_cond"].numpy())
+    out = apply({"params": params}, args["x"].numpy().transpose(0, 2, 3, 4, 1), args["timesteps"].numpy(),
+                args["context"].numpy(), args["fps"].numpy(), args["timestep_cond"].numpy())
   return np.asarray(out).transpose(0, 4, 1, 2, 3)
 
 
@@ -92,3 +92,35 @@ def test_config_refuses_what_it_does_not_implement():
     unet3d.VideoCrafterUNetConfig.from_dict({**TINY, "num_head_channels": 24})
   config = unet3d.VideoCrafterUNetConfig.from_dict(TINY)
   assert unet3d.VideoCrafterUNetConfig.from_dict(config.to_dict()) == config
+
+
+def test_lora_targets_are_named_modules_order_and_merging_equals_the_injected_layers(pair):
+  ref, config, tensors, _ = pair
+  wrapped = [name for name, m in ref.named_modules() if type(m) in (torch.nn.Linear, torch.nn.Conv2d, torch.nn.Conv3d)]
+  targets = t2v_turbo.lora_targets(config)
+  assert targets == wrapped and "init_attn.0.proj_in" not in targets   # Conv1d is not wrapped
+
+  g = torch.Generator().manual_seed(3)
+  rank, lora = 4, []
+  for name in targets:
+    weight = tensors[t2v_turbo.UNET_PREFIX + name + ".weight"]
+    kernel = weight.shape[2:]
+    lora += [torch.randn(weight.shape[0], rank, *(1,) * len(kernel), generator=g).numpy() * 0.1,   # up: 1×1
+             torch.randn(rank, weight.shape[1], *kernel, generator=g).numpy() * 0.1]              # down
+  without_time_cond = {k: v for k, v in tensors.items() if "time_cond_proj" not in k}
+  merged = t2v_turbo.merge_lora(without_time_cond, lora, config)
+  index = targets.index("time_cond_proj")
+  np.testing.assert_allclose(merged[t2v_turbo.UNET_PREFIX + "time_cond_proj.weight"],
+                             lora[2 * index] @ lora[2 * index + 1], rtol=1e-6)
+  # A temporal Conv3d: the merged kernel computes what the LoRA-injected layer does, conv(x) + up(down(x)).
+  name = next(n for n in targets if n.endswith("temopral_conv.conv2.3"))
+  index, key = targets.index(name), t2v_turbo.UNET_PREFIX + name
+  x = torch.randn(1, tensors[key + ".weight"].shape[1], 5, 3, 3, generator=g)
+  bias = torch.from_numpy(tensors[key + ".bias"])
+  up, down = (torch.from_numpy(t) for t in lora[2 * index:2 * index + 2])
+  injected = F.conv3d(x, torch.from_numpy(tensors[key + ".weight"]), bias, padding=(1, 0, 0)) + \
+      F.conv3d(F.conv3d(x, down, padding=(1, 0, 0)), up)
+  merged_out = F.conv3d(x, torch.from_numpy(merged[key + ".weight"]), bias, padding=(1, 0, 0))
+  torch.testing.assert_close(merged_out, injected, rtol=1e-5, atol=1e-5)
+  with pytest.raises(ConversionError, match="LoRA list holds"):
+    t2v_turbo.merge_lora(tensors, lora[:-2], config)
