@@ -106,13 +106,8 @@ def _padded_rows(array: np.ndarray, size: int) -> np.ndarray:
   return np.concatenate([array, np.repeat(array[-1:], size - len(array), axis=0)])
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "a Diffusion-DPO config, e.g. configs/dpo_sdxl_turbo.py")
-
-
-def main(_):
-  encode(_CONFIG.value)
-
-
 if __name__ == "__main__":
+  # Flags are defined only when run as a program: importing this module (tests, launch.aot) must not claim --config.
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "a Diffusion-DPO config, e.g. configs/dpo_sdxl_turbo.py")
   flags.mark_flag_as_required("config")
-  app.run(main)
+  app.run(lambda _: encode(_CONFIG.value))

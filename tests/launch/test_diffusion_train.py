@@ -4,6 +4,8 @@ resumed) train exactly as pairs encoded at each step."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -117,3 +119,10 @@ def test_a_non_sdxl_checkpoint_is_refused(checkpoint, pairs, tmp_path):
   c = config_for(("", "", checkpoint[3]), pairs, tmp_path, steps=1)
   with pytest.raises(ValueError, match="not a converted SDXL pipeline folder"):
     train(c)
+
+
+def test_the_launch_modules_import_together():
+  # Each defines its command-line flags only when run as a program; importing two must not clash.
+  modules = "launch.aot, launch.encode_pairs, launch.train, launch.diffusion_train, launch.shapes_demo, launch.dpo_shapes"
+  subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, cwd=os.path.dirname(os.path.dirname(
+      os.path.dirname(os.path.abspath(__file__)))))
