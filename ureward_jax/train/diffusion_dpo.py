@@ -24,6 +24,7 @@ import optax
 from ureward_jax.generation import schedulers
 from ureward_jax.generation.sdxl import micro_conditions, text_conditioning
 from ureward_jax.models.unet2d import UNet2DConditionModel
+from ureward_jax.train import trainable
 
 PAIR_KEYS = ("latent_mean", "latent_logvar", "prompt_embeds", "text_embeds", "time_ids")
 
@@ -84,6 +85,13 @@ def noised_pairs(rng: jax.Array, latents: jax.Array, alphas_cumprod: jax.Array,
   return schedulers.add_noise(latents, noise, timesteps, alphas_cumprod), timesteps, noise
 
 
+def sample_latents(rng: jax.Array, mb: dict[str, jax.Array], scaling_factor: float) -> jax.Array:
+  """A draw from each VAE posterior (`latent_mean`, `latent_logvar`), scaled for the UNet, fp32: the original's
+  `latent_dist.sample() * scaling_factor`."""
+  std = jnp.exp(0.5 * mb["latent_logvar"])
+  return (mb["latent_mean"] + std * jax.random.normal(rng, std.shape, jnp.float32)) * scaling_factor
+
+
 def make_loss_fn(module: UNet2DConditionModel, beta: float, alphas_cumprod: np.ndarray, scaling_factor: float,
                  turbo: bool = True):
   """loss_fn(params, reference_params, micro_batch, rng) → (loss, metrics) of one micro-batch (no A axis)."""
@@ -91,8 +99,7 @@ def make_loss_fn(module: UNet2DConditionModel, beta: float, alphas_cumprod: np.n
 
   def loss_fn(params, reference_params, mb, rng):
     posterior_rng, noise_rng = jax.random.split(rng)
-    std = jnp.exp(0.5 * mb["latent_logvar"])
-    latents = (mb["latent_mean"] + std * jax.random.normal(posterior_rng, std.shape, jnp.float32)) * scaling_factor
+    latents = sample_latents(posterior_rng, mb, scaling_factor)
     noisy, timesteps, noise = noised_pairs(noise_rng, latents, alphas_cumprod,
                                            schedulers.TURBO_TRAIN_TIMESTEPS if turbo else None)
     both = lambda x: jnp.concatenate([x, x])  # noqa: E731 - one prompt for both images of a pair
@@ -109,28 +116,38 @@ def make_loss_fn(module: UNet2DConditionModel, beta: float, alphas_cumprod: np.n
 
 def make_diffusion_dpo_step(module: UNet2DConditionModel, optimizer: optax.GradientTransformation, beta: float,
                             alphas_cumprod: np.ndarray, scaling_factor: float, turbo: bool = True):
+  """step(params, opt_state, batch, reference_params, rng) → (params, opt_state, metrics) for an SDXL UNet; see
+  `accumulating_step`."""
+  return accumulating_step(make_loss_fn(module, beta, alphas_cumprod, scaling_factor, turbo), optimizer)
+
+
+def accumulating_step(loss_fn, optimizer: optax.GradientTransformation, train_mask: dict | None = None):
   """step(params, opt_state, batch, reference_params, rng) → (params, opt_state, metrics); jit it donating the first
   two (never the reference).
 
-  batch: the `PAIR_KEYS` arrays with a leading micro-batch axis A (gradient accumulation); each micro-batch draws
-  its posterior samples, noise and timesteps from `fold_in(rng, a)`. Metrics: loss, grad_norm, implicit_acc,
-  model_mse, ref_mse (means over the micro-batches).
+  loss_fn(params, reference_params, micro_batch, rng) → (loss, metrics). batch: arrays with a leading micro-batch
+  axis A (gradient accumulation), `latent_mean` among them; each micro-batch draws its posterior samples, noise and
+  timesteps from `fold_in(rng, a)`. train_mask: a tree of bools laid out as the params (None: all train); frozen
+  leaves get no gradient and no update, and `opt_state` is the optimiser's state of the trained subtree
+  (`trainable.split(params, train_mask)[0]`). Metrics: loss, grad_norm (of the trained leaves), and the loss's metrics,
+  each the mean over the micro-batches.
   """
-  loss_fn = make_loss_fn(module, beta, alphas_cumprod, scaling_factor, turbo)
-
   def step(params, opt_state, batch, reference_params, rng):
+    trained, frozen = trainable.split(params, train_mask)
+
     def micro(grads, inputs):
       mb, index = inputs
-      (loss, metrics), g = jax.value_and_grad(loss_fn, has_aux=True)(params, reference_params, mb,
-                                                                      jax.random.fold_in(rng, index))
+      loss_of = lambda t: loss_fn(trainable.merge(t, frozen), reference_params, mb,  # noqa: E731
+                                  jax.random.fold_in(rng, index))
+      (loss, metrics), g = jax.value_and_grad(loss_of, has_aux=True)(trained)
       return jax.tree.map(jnp.add, grads, g), (loss, metrics)
 
     accum = batch["latent_mean"].shape[0]
-    zeros = jax.tree.map(jnp.zeros_like, params)
+    zeros = jax.tree.map(jnp.zeros_like, trained)
     grads, (losses, metrics) = jax.lax.scan(micro, zeros, (batch, jnp.arange(accum)))
     grads = jax.tree.map(lambda g: g / accum, grads)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    updates, opt_state = optimizer.update(grads, opt_state, trained)
+    params = trainable.merge(optax.apply_updates(trained, updates), frozen)
     out = {"loss": jnp.mean(losses), "grad_norm": optax.tree.norm(grads)}
     return params, opt_state, out | {k: jnp.mean(v) for k, v in metrics.items()}
 
