@@ -63,6 +63,11 @@ class InMemoryTensor:
     return self.array
 
 
+def as_stored(tensors: Mapping[str, object]) -> dict[str, object]:
+  """`tensors` with every plain array wrapped as an `InMemoryTensor`, so all share the `load()` interface."""
+  return {k: v if hasattr(v, "load") else InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
+
+
 
 def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
   with open(path, "rb") as f:
@@ -275,6 +280,11 @@ def flatten(tree: Mapping, prefix: str = "") -> dict[str, object]:
     else:
       out[path] = value
   return out
+
+
+def flat_shapes(tree: Mapping) -> dict[str, tuple[int, ...]]:
+  """{path: shape} of a parameter tree (arrays or `jax.ShapeDtypeStruct`s), flattened as `flatten` does."""
+  return {path: tuple(leaf.shape) for path, leaf in flatten(tree).items()}
 
 
 def unflatten(flat: Mapping[str, object]) -> dict:

@@ -202,7 +202,7 @@ def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -
     raise ConversionError(f"missing tensor {embed!r}")
   tied = p["head"] not in tensors
   config = config_from_source(source_config, fmt, n_vision, n_text, tensors[embed].shape[0], tied)
-  expected = {k: v.shape for k, v in common.flatten(param_shapes(config)).items()}
+  expected = common.flat_shapes(param_shapes(config))
   flat = common.convert(tensors, rules(fmt, tied, prefixed), expected, {VISION_STACK: n_vision, TEXT_STACK: n_text},
                         dtype=dtype, ignore=IGNORED)
   source = {"format": fmt, "vision_model_prefix": prefixed}

@@ -80,10 +80,9 @@ def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor],
 
   shapes: the model's parameter tree of `jax.ShapeDtypeStruct`s (its `param_shapes`).
   """
-  tensors = {k: v if hasattr(v, "load") else common.InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
-  flat_shapes = {k: tuple(v.shape) for k, v in common.flatten(shapes).items()}
-  flat = common.convert(tensors, rules(flat_shapes, indexed), flat_shapes, stacks(flat_shapes), dtype=dtype,
-                        ignore=ignore)
+  flat_shapes = common.flat_shapes(shapes)
+  flat = common.convert(common.as_stored(tensors), rules(flat_shapes, indexed), flat_shapes, stacks(flat_shapes),
+                        dtype=dtype, ignore=ignore)
   return common.unflatten(flat)
 
 
@@ -212,7 +211,7 @@ def export_folder(src: str | Path, dst: str | Path) -> None:
   _, module, config_cls = _module(source["class_name"])
   config = config_cls.from_dict(ours)
   flat = common.flatten(pretrained.load_params(src))
-  expected = {k: tuple(v.shape) for k, v in common.flatten(module.param_shapes(config)).items()}
+  expected = common.flat_shapes(module.param_shapes(config))
   wrong = sorted(set(flat) ^ set(expected))
   if wrong:
     raise ConversionError(f"{src}: parameters do not match the model: {wrong[:10]}")

@@ -67,7 +67,7 @@ def unet_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config:
 
 def export_unet(params, config: unet3d.VideoCrafterUNetConfig, prefix: str = UNET_PREFIX) -> dict[str, np.ndarray]:
   """Our `VideoCrafterUNet` params → the checkpoint's UNet tensors under `prefix`."""
-  expected = {k: tuple(v.shape) for k, v in common.flatten(unet3d.param_shapes(config)).items()}
+  expected = common.flat_shapes(unet3d.param_shapes(config))
   tensors = common.export(common.flatten(params), sdxl.rules(expected, UNET_INDEXED))
   return {prefix + name: value for name, value in tensors.items()}
 
@@ -85,7 +85,7 @@ def lora_targets(config: unet3d.VideoCrafterUNetConfig) -> list[str]:
   """The UNet modules T2V-Turbo's LoRA wraps, by source name (`input_blocks.1.0.in_layers.2`), in the order of its
   positional `unet_lora.pt` list: every `nn.Linear`, `nn.Conv2d` and `nn.Conv3d` under `UNetModel` (not the Conv1d
   projections of `init_attn`), as `named_modules()` walks them."""
-  shapes = {k: tuple(v.shape) for k, v in common.flatten(unet3d.param_shapes(config)).items()}
+  shapes = common.flat_shapes(unet3d.param_shapes(config))
   modules = [rule.source.removesuffix(".weight") for rule in sdxl.rules(shapes, UNET_INDEXED)
              if rule.target.endswith("/kernel") and len(shapes[rule.target]) != 3]
 
@@ -142,13 +142,13 @@ def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: 
   """Our VAE params from latent-diffusion `AutoencoderKL` tensors named under `prefix`."""
   rules = _ldm_vae_rules(len(config.block_out_channels))
   renamed = {}
-  for name, tensor in tensors.items():
+  for name, tensor in common.as_stored(tensors).items():
     if not name.startswith(prefix):
       continue
     name = _renamed(name[len(prefix):], rules) or name[len(prefix):]
     name = re.sub(r"\.nin_shortcut\.", ".conv_shortcut.", name)
     if _ATTENTION_PROJECTION.search(name):   # a 1×1 conv over channels is a Linear
-      value = np.asarray(tensor.load() if hasattr(tensor, "load") else tensor)
+      value = tensor.load()
       tensor = common.InMemoryTensor(value.reshape(value.shape[:2]))
     renamed[name] = tensor
   if not renamed:
@@ -161,7 +161,7 @@ def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: 
 
 def export_vae(params, config: vae.AutoencoderKLConfig = LDM_VAE, prefix: str = VAE_PREFIX) -> dict[str, np.ndarray]:
   """Our VAE params → latent-diffusion `AutoencoderKL` tensors under `prefix`."""
-  expected = {k: tuple(v.shape) for k, v in common.flatten(vae.param_shapes(config)).items()}
+  expected = common.flat_shapes(vae.param_shapes(config))
   inverse = [(ours, ldm) for ldm, ours in _ldm_vae_rules(len(config.block_out_channels))]
   out = {}
   for name, value in common.export(common.flatten(params), sdxl.rules(expected)).items():
@@ -192,7 +192,7 @@ def openclip_text_params(tensors: Mapping[str, common.StoredTensor], prefix: str
                          ) -> tuple[clip_text.CLIPTextConfig, dict]:
   """(config, our `clip_text` params) from OpenCLIP text-tower tensors named under `prefix`; every tensor under it
   must be used (but `logit_scale`), every parameter found."""
-  tensors = {k: v if hasattr(v, "load") else common.InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
+  tensors = common.as_stored(tensors)
   config = openclip_text_config(tensors, prefix)
   renamed = {}
   for name, tensor in tensors.items():
@@ -230,7 +230,7 @@ def _openclip_name(name: str, prefix: str) -> str:
 def export_openclip_text(params, config: clip_text.CLIPTextConfig, prefix: str = "") -> dict[str, np.ndarray]:
   """Our `clip_text` params → OpenCLIP text-tower tensors under `prefix` (q, k, v fused back into `in_proj`)."""
   flat = common.flatten(params)
-  expected = {k: tuple(v.shape) for k, v in common.flatten(clip_text.param_shapes(config)).items()}
+  expected = common.flat_shapes(clip_text.param_shapes(config))
   hf = common.export(flat, sdxl.rules(expected))
   out = {}
   for layer in range(config.num_hidden_layers):
