@@ -34,8 +34,8 @@ LDM_VAE = vae.AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), scali
                                   force_upcast=False)
 # The openai UNet's containers whose children are numbered (`in_layers.0`); a bare index (`input_blocks.1.0`) is a
 # module of ours named "0" and maps as it is.
-UNET_INDEXED = ("input_blocks", "output_blocks", "time_embed", "fps_embedding", "out", "in_layers", "emb_layers",
-                "out_layers", "transformer_blocks", "to_out", "net", "conv1", "conv2", "conv3", "conv4")
+UNET_INDEXED = ("input_blocks", "output_blocks", "out", "in_layers", "emb_layers", "out_layers", "transformer_blocks",
+                "to_out", "net", "conv1", "conv2", "conv3", "conv4")
 OPENCLIP_HEAD_WIDTH = 64
 OPENCLIP_IGNORED = (r"(^|\.)logit_scale$", r"(^|\.)attn_mask$")
 # (OpenCLIP, transformers CLIP) name prefixes, `{}` a block index; the fused attention projection is split apart.

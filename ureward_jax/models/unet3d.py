@@ -231,6 +231,7 @@ class UNet3DConditionModel(nn.Module):
 # --- VideoCrafter2 ------------------------------------------------------------------------------------------------
 
 GROUPS = 32   # every GroupNorm of the openai UNet
+OPENAI_MLP_NAMES = ("0", "2")   # `time_embed` / `fps_embedding`: nn.Sequential(Linear, SiLU, Linear)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -360,10 +361,11 @@ class VideoCrafterUNet(nn.Module):
         t_emb = t_emb + project(timestep_cond.astype(self.dtype))
       elif self.is_initializing():   # the checkpoint holds it even where it is not applied
         project(jnp.zeros((1, cfg.time_cond_proj_dim), self.dtype))
-    emb = self._mlp("time_embed", t_emb, kw)
+    embedding = functools.partial(TimestepEmbedding, 4 * cfg.model_channels, OPENAI_MLP_NAMES, **kw)
+    emb = embedding(name="time_embed")(t_emb)
     if cfg.fps_cond:
       fps = jnp.broadcast_to(jnp.asarray(fps, jnp.float32), (batch,))
-      emb = emb + self._mlp("fps_embedding", timestep_embedding(fps, cfg.model_channels).astype(self.dtype), kw)
+      emb = emb + embedding(name="fps_embedding")(timestep_embedding(fps, cfg.model_channels).astype(self.dtype))
     emb = jnp.repeat(emb, frames, axis=0)                                   # per frame, video-major
     context = jnp.repeat(context.astype(self.dtype), frames, axis=0)
 
@@ -397,25 +399,19 @@ class VideoCrafterUNet(nn.Module):
     x = conv(cfg.out_channels, 3, name="out_2", **kw)(x)
     return x.reshape(batch, frames, height, width, -1)
 
-  def _mlp(self, name, x, kw):
-    """Linear → SiLU → Linear (`{name}.0`, `{name}.2`) to the time-embedding width 4 · model_channels."""
-    width = 4 * self.config.model_channels
-    x = dense(width, ("embed", "mlp"), name=f"{name}_0", **kw)(x)
-    return dense(width, ("mlp", "embed"), name=f"{name}_2", **kw)(jax.nn.silu(x))
-
 
 def init_params(config: UNet3DConditionConfig | VideoCrafterUNetConfig, rng: jax.Array, param_dtype=jnp.float32):
   """Randomly initialised params (boxed with logical axis names) of either UNet, from a dummy 2-frame latent."""
   if isinstance(config, VideoCrafterUNetConfig):
-    module, levels, context_dim = VideoCrafterUNet(config, param_dtype=param_dtype), config.channel_mult, config.context_dim
+    module, levels = VideoCrafterUNet(config, param_dtype=param_dtype), config.channel_mult
+    context_dim = config.context_dim
   else:
     module, levels = UNet3DConditionModel(config, param_dtype=param_dtype), config.block_out_channels
     context_dim = config.cross_attention_dim
   side = 2 ** (len(levels) - 1)
   cond = None if config.time_cond_proj_dim is None else jnp.zeros((1, config.time_cond_proj_dim))
   inputs = (jnp.zeros((1, 2, side, side, config.in_channels)), jnp.zeros((1,)), jnp.zeros((1, 1, context_dim)))
-  kwargs = {"timestep_cond": cond}
-  return module.init(rng, *inputs, **kwargs)["params"]
+  return module.init(rng, *inputs, timestep_cond=cond)["params"]
 
 
 def param_shapes(config: UNet3DConditionConfig | VideoCrafterUNetConfig, boxed: bool = False) -> dict:

@@ -36,8 +36,10 @@ def guidance_embedding(w: jax.Array, dim: int) -> jax.Array:
 
 class TimestepEmbedding(nn.Module):
   """Linear → SiLU → Linear on a sinusoidal embedding x (B, D_in) → (B, features). A `condition` (B, D_c) is first
-  added through `cond_proj`, a Linear without bias (diffusers' `cond_proj_dim`: LCM's guidance embedding)."""
+  added through `cond_proj`, a Linear without bias (diffusers' `cond_proj_dim`: LCM's guidance embedding).
+  `names`: the two Linears' names, diffusers' by default; the openai UNet's `nn.Sequential` indices are ("0", "2")."""
   features: int
+  names: tuple[str, str] = ("linear_1", "linear_2")
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -46,5 +48,5 @@ class TimestepEmbedding(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if condition is not None:
       x = x + dense(x.shape[-1], ("embed", "mlp"), use_bias=False, name="cond_proj", **kw)(condition)
-    x = dense(self.features, ("embed", "mlp"), name="linear_1", **kw)(x)
-    return dense(self.features, ("mlp", "embed"), name="linear_2", **kw)(jax.nn.silu(x))
+    x = dense(self.features, ("embed", "mlp"), name=self.names[0], **kw)(x)
+    return dense(self.features, ("mlp", "embed"), name=self.names[1], **kw)(jax.nn.silu(x))
