@@ -101,8 +101,8 @@ def test_short_run_learns_the_preferences():
   """The video step learns which clip of a pair wins, on a one-level UNet with each pair's t and ε shared, on the
   Turbo timesteps of the zero-terminal-SNR schedule (the image trainer's toy setting). With UnifiedReward's VideoDPO
   settings (the 50-step grid of the plain schedule, t and ε drawn per clip, one term per latent column, only the
-  Linear layers trained) this toy does not learn within 100 steps: the random losers' errors at small t and the
-  unshared timesteps swamp the signal, which only a long run averages out."""
+  Linear layers trained) this toy does not learn within 100 steps (held-out accuracy 0.49–0.55 at steps 20–100, loss
+  0.81–0.85): the random losers' errors at small t and the unshared timesteps swamp the signal."""
   config = unet3d.VideoCrafterUNetConfig.from_dict({**TINY, "channel_mult": (1,), "attention_resolutions": (1,)})
   module, reference = unet3d.VideoCrafterUNet(config), nn.unbox(unet3d.init_params(config, jax.random.key(0)))
   alphas = diffusion_dpo.training_alphas_cumprod(turbo=True)

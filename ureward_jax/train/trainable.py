@@ -2,6 +2,8 @@
 
 A frozen leaf gets no gradient (none is computed), no update and no optimiser state: the optimiser is initialised on
 the trained subtree alone. Both subtrees are nested dicts laid out as the params, each holding only its own leaves.
+Reward-model training freezes whole parts in the optimiser instead (`optim.trainable_labels`: their gradients are
+computed, then zeroed); for a UNet whose convolutions, most of its weights, stay frozen, not computing them matters.
 """
 
 from __future__ import annotations
