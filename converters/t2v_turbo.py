@@ -14,21 +14,55 @@ transformers' CLIP text blocks under other names, with the attention's q, k and 
 `in_proj` (rows q, k, v); so it is renamed and split into transformers' layout and converted by the shared derived
 table (`converters/sdxl.py`), and merged back on export. OpenCLIP text towers have heads of width 64.
 `logit_scale` (the contrastive temperature) is not part of the text encoder and is skipped.
+
+As a program it converts a whole checkpoint (`.ckpt` / `.pt`, read without torch) into our folder:
+
+  python -m converters.t2v_turbo --src VideoCrafter2/model.ckpt --lora T2V-Turbo-VC2/unet_lora.pt \
+      --tokenizer open_clip/bpe_simple_vocab_16e6.txt.gz --dst t2v-turbo
+  python -m converters.t2v_turbo --src t2v-turbo_ref_model.ckpt --dst t2v-turbo-ref      # a UNet alone
+  python -m converters.t2v_turbo --export --src t2v-turbo --dst merged.ckpt              # back (needs torch)
+
+A checkpoint with the UNet, VAE and text encoder becomes a pipeline folder (`model_type` "t2v_turbo": `unet/`,
+`vae/`, `text_encoder/`, `tokenizer/`), one with only a UNet (VideoDPO's reference files) a UNet folder. Besides
+the three models a latent-diffusion checkpoint holds its noise schedule buffers: `alphas_cumprod` must be
+VideoCrafter2's (scaled-linear 0.00085 → 0.012, the one our sampler and trainer use) and a stored `scale_factor`
+sets the VAE's; every other tensor outside the models is an error naming it.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import gzip
+import json
 import re
+import shutil
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+import yaml
+from tqdm import tqdm
 
-from converters import common, sdxl
+from converters import common, sdxl, torch_checkpoint
 from converters.common import ConversionError
+from ureward_jax import pretrained
+from ureward_jax.generation import schedulers
 from ureward_jax.models import clip_text, unet3d, vae
 
 UNET_PREFIX = "model.diffusion_model."
+REFERENCE_UNET_PREFIX = "ref_model.diffusion_model."   # VideoDPO's frozen reference
 VAE_PREFIX = "first_stage_model."
+TEXT_PREFIX = "cond_stage_model.model."
+# latent-diffusion's `DDPM.register_schedule` buffers (and a learned `logvar`): not model weights.
+SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+                    "sqrt_one_minus_alphas_cumprod", "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod",
+                    "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
+                    "posterior_mean_coef1", "posterior_mean_coef2", "scale_arr", "scale_factor", "logvar")
+# VideoCrafter2's `linear_start`, `linear_end` ("linear" in latent-diffusion is diffusers' scaled_linear).
+SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+             "origin_steps": 50}
+PIPELINE_MODELS = ("unet", "vae", "text_encoder")
 # latent-diffusion's AutoencoderKL: ddconfig ch 128, ch_mult (1, 2, 4, 4), 2 res blocks, z 4; scale_factor 0.18215.
 LDM_VAE = vae.AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215, sample_size=512,
                                   force_upcast=False)
@@ -159,6 +193,24 @@ def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: 
     raise ConversionError(f"{e}\n(names in diffusers' VAE layout, under {prefix!r})") from None
 
 
+def ldm_vae_config(tensors: Mapping[str, common.StoredTensor], prefix: str = VAE_PREFIX,
+                   **settings) -> vae.AutoencoderKLConfig:
+  """The VAE's config read from its latent-diffusion tensors (levels, widths, blocks per level, latent and image
+  channels) over Stable Diffusion's; `settings` (e.g. `scaling_factor`) replace what remains."""
+  names = [n[len(prefix):] for n in tensors if n.startswith(prefix)]
+  levels = common.count_layers(names, "encoder.down.{i}.block.0.conv1.weight")
+  if not levels or prefix + "encoder.conv_out.weight" not in tensors:
+    raise ConversionError(f"no latent-diffusion VAE encoder under {prefix!r}")
+  found = dict(
+      block_out_channels=tuple(tensors[f"{prefix}encoder.down.{i}.block.0.conv1.weight"].shape[0]
+                               for i in range(levels)),
+      layers_per_block=common.count_layers(names, "encoder.down.0.block.{i}.conv1.weight"),
+      latent_channels=tensors[prefix + "encoder.conv_out.weight"].shape[0] // 2,   # mean and log-variance
+      in_channels=tensors[prefix + "encoder.conv_in.weight"].shape[1])
+  found["out_channels"] = found["in_channels"]
+  return dataclasses.replace(LDM_VAE, **found, **settings)
+
+
 def export_vae(params, config: vae.AutoencoderKLConfig = LDM_VAE, prefix: str = VAE_PREFIX) -> dict[str, np.ndarray]:
   """Our VAE params → latent-diffusion `AutoencoderKL` tensors under `prefix`."""
   expected = common.flat_shapes(vae.param_shapes(config))
@@ -251,3 +303,214 @@ def _renamed(name: str, table) -> str | None:
     if match := re.match(re.escape(source).replace(r"\{\}", r"(\d+)"), name):
       return target.format(*match.groups()) + name[match.end():]
   return None
+
+
+# --- whole checkpoints ⇄ folders ------------------------------------------------------------------------------
+
+
+def unet_config(tensors: Mapping[str, common.StoredTensor], prefix: str, params: Mapping | None = None,
+                with_lora: bool = False) -> unet3d.VideoCrafterUNetConfig:
+  """The UNet's config: `params` (a config file's `unet_config.params`) over what the tensors show (widths, text
+  width, fps and guidance conditioning, `init_attn`) over VideoCrafter2's values. A T2V-Turbo LoRA brings the
+  guidance projection the base checkpoint lacks (`time_cond_proj`, 256 wide)."""
+  def shape(name):
+    if prefix + name not in tensors:
+      raise ConversionError(f"missing tensor {prefix + name!r}: not a VideoCrafter2 UNet")
+    return tuple(tensors[prefix + name].shape)
+  model_channels, in_channels = shape("input_blocks.0.0.weight")[:2]
+  cross = next((n for n in tensors if n.startswith(prefix) and n.endswith(".attn2.to_k.weight")), None)
+  found = {"in_channels": in_channels, "model_channels": model_channels, "out_channels": shape("out.2.weight")[0],
+           "fps_cond": prefix + "fps_embedding.0.weight" in tensors,
+           "addition_attention": prefix + "init_attn.0.proj_in.weight" in tensors}
+  if cross is not None:
+    found["context_dim"] = tuple(tensors[cross].shape)[1]
+  if prefix + "time_cond_proj.weight" in tensors:
+    found["time_cond_proj_dim"] = shape("time_cond_proj.weight")[1]
+  elif not with_lora:
+    found["time_cond_proj_dim"] = None
+  try:
+    return unet3d.VideoCrafterUNetConfig.from_dict({**found, **(params or {})})
+  except ValueError as e:
+    raise ConversionError(str(e)) from None
+
+
+def write_tokenizer(src: str | Path, dst: str | Path) -> Path:
+  """OpenCLIP's vocabulary as a CLIP tokenizer folder at `dst` (vocab.json, merges.txt) from `src`: open_clip's
+  `bpe_simple_vocab_16e6.txt.gz` (its first 48,894 merges, as `SimpleTokenizer` reads them; the vocabulary is the
+  256 byte symbols, the same with `</w>`, the merges, then the two special tokens), or a CLIP tokenizer folder
+  holding vocab.json and merges.txt (any CLIP or Stable Diffusion one: the vocabulary is the same)."""
+  src, dst = Path(src), Path(dst)
+  dst.mkdir(parents=True, exist_ok=True)
+  if src.is_dir():
+    missing = [name for name in ("vocab.json", "merges.txt") if not (src / name).exists()]
+    if missing:
+      raise ConversionError(f"{src} is not a CLIP tokenizer folder: {missing} missing")
+    for name in ("vocab.json", "merges.txt"):
+      shutil.copy(src / name, dst / name)
+  elif src.is_file():
+    opener = gzip.open if src.suffix == ".gz" else open
+    with opener(src, "rt", encoding="utf-8") as f:
+      lines = f.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
+    if not merges or any(len(m) != 2 for m in merges):
+      raise ConversionError(f"{src}: not an OpenCLIP BPE merges file (a header line, then one 'a b' pair per line)")
+    symbols = list(_byte_symbols())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (dst / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False),
+                                    encoding="utf-8")
+    (dst / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+                                    encoding="utf-8")
+  else:
+    raise ConversionError(f"tokenizer source {src} does not exist")
+  (dst / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 77}))
+  return dst
+
+
+def _byte_symbols():
+  """GPT-2's printable stand-ins for the 256 bytes, printable bytes first: the first 256 entries of CLIP's vocab."""
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  others = [b for b in range(256) if b not in printable]
+  return [chr(b) for b in printable] + [chr(256 + i) for i in range(len(others))]
+
+
+def _checked_buffers(tensors: Mapping[str, common.StoredTensor], unet_prefixes: tuple[str, ...]) -> dict:
+  """Checks every tensor outside the models; returns the VAE settings they imply ({"scaling_factor": …})."""
+  models = (*unet_prefixes, VAE_PREFIX, "cond_stage_model.")
+  others = sorted(n for n in tensors if not n.startswith(models) and n not in SCHEDULE_BUFFERS)
+  if others:
+    raise ConversionError(f"unexpected tensors outside the UNet, VAE and text encoder: {others[:10]}"
+                          f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}")
+  if "alphas_cumprod" in tensors:
+    ours = schedulers.alphas_cumprod(SCHEDULER["num_train_timesteps"], SCHEDULER["beta_start"],
+                                     SCHEDULER["beta_end"], SCHEDULER["beta_schedule"])
+    stored = np.asarray(tensors["alphas_cumprod"].load(), np.float64)
+    if stored.shape != ours.shape or not np.allclose(stored, ours, rtol=1e-5, atol=0):
+      raise ConversionError("the checkpoint's noise schedule 'alphas_cumprod' is not VideoCrafter2's (scaled-linear "
+                            f"{SCHEDULER['beta_start']} → {SCHEDULER['beta_end']} over 1000 steps), which sampling "
+                            "and training here assume")
+  if "scale_factor" in tensors:
+    return {"scaling_factor": float(np.asarray(tensors["scale_factor"].load()))}
+  return {}
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path | None = None,
+                       lora: str | Path | None = None, lora_scale: float = 1.0, config: str | Path | None = None,
+                       reference: bool = False, dtype: str | None = None) -> dict:
+  """Convert a VideoCrafter2 / T2V-Turbo checkpoint file into our folder at `dst`; returns its config.
+
+  lora: T2V-Turbo's `unet_lora.pt`, merged into the UNet with `lora_scale`. config: a VideoCrafter2 / T2V-Turbo
+  yaml whose `model.params.unet_config.params` fixes the UNet's layout. reference: take the UNet stored as
+  `ref_model.diffusion_model.*` where a file holds both (with only one of them it is found either way).
+  """
+  src, dst = Path(src), Path(dst)
+  if (dst / pretrained.CONFIG).exists():
+    raise FileExistsError(f"{dst} already holds a converted checkpoint; choose an empty destination")
+  tensors = torch_checkpoint.state_dict(src)
+  present = [p for p in (UNET_PREFIX, REFERENCE_UNET_PREFIX) if any(n.startswith(p) for n in tensors)]
+  if not present:
+    raise ConversionError(f"{src}: no UNet inside (no tensor named {UNET_PREFIX}* or {REFERENCE_UNET_PREFIX}*)")
+  prefix = REFERENCE_UNET_PREFIX if reference or present == [REFERENCE_UNET_PREFIX] else UNET_PREFIX
+  if reference and REFERENCE_UNET_PREFIX not in present:
+    raise ConversionError(f"{src}: --reference asks for {REFERENCE_UNET_PREFIX}*, which this file does not hold")
+  has_vae = any(n.startswith(VAE_PREFIX) for n in tensors)
+  has_text = any(n.startswith(TEXT_PREFIX) for n in tensors)
+  if has_vae != has_text:
+    raise ConversionError(f"{src}: holds the {'VAE' if has_vae else 'text encoder'} without the "
+                          f"{'text encoder' if has_vae else 'VAE'}; a pipeline needs both")
+  if has_text and tokenizer is None:
+    raise ConversionError("a pipeline needs its tokenizer: pass --tokenizer with open_clip's "
+                          "bpe_simple_vocab_16e6.txt.gz or a CLIP tokenizer folder (vocab.json, merges.txt)")
+  vae_settings = _checked_buffers(tensors, tuple(present))
+  yaml_params = None
+  if config is not None:
+    document = yaml.safe_load(Path(config).read_text())
+    try:
+      yaml_params = document["model"]["params"]["unet_config"]["params"]
+    except (KeyError, TypeError):
+      raise ConversionError(f"{config}: no model.params.unet_config.params mapping") from None
+  cfg = unet_config(tensors, prefix, yaml_params, with_lora=lora is not None)
+  source = {"format": "latent-diffusion", "checkpoint": src.name, "unet_prefix": prefix,
+            "lora": None if lora is None else Path(lora).name, "lora_scale": lora_scale}
+
+  steps = tqdm(total=3 if has_vae else 1, desc="components", unit="model")
+  unet_tensors = {n: t for n, t in tensors.items() if n.startswith(prefix)}
+  if lora is not None:
+    weights = torch_checkpoint.load(lora)
+    if not isinstance(weights, (list, tuple)) or not all(hasattr(w, "load") for w in weights):
+      raise ConversionError(f"{lora}: not a T2V-Turbo LoRA file (a list of up, down tensors)")
+    unet_tensors = merge_lora({n: t.load() for n, t in unet_tensors.items()}, [w.load() for w in weights], cfg,
+                              prefix, lora_scale)
+  unet_folder = dst / "unet" if has_vae else dst
+  unet = {"model_type": "videocrafter_unet", **cfg.to_dict(), "source": source}
+  pretrained.save(unet_folder, unet, unet_params(unet_tensors, cfg, prefix, dtype))
+  steps.update()
+  if not has_vae:
+    return unet
+  vae_config = ldm_vae_config(tensors, **vae_settings)
+  pretrained.save(dst / "vae", {"model_type": "autoencoder_kl", **vae_config.to_dict()},
+                  vae_params(tensors, vae_config, dtype=dtype))
+  steps.update()
+  text_config, text_params = openclip_text_params({n: t for n, t in tensors.items() if n.startswith(TEXT_PREFIX)},
+                                                  TEXT_PREFIX, dtype)
+  pretrained.save(dst / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
+  steps.update()
+  steps.close()
+  write_tokenizer(tokenizer, dst / "tokenizer")
+  ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "scheduler": SCHEDULER, "source": source}
+  (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
+  return ours
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> None:
+  """Write our folder `src` (a pipeline or a UNet) back as a latent-diffusion checkpoint file `dst`, under the
+  names it came with (a merged LoRA stays merged). Needs torch."""
+  src = Path(src)
+  ours = pretrained.read_config(src)
+  kind = ours.get("model_type")
+  if kind not in ("t2v_turbo", "videocrafter_unet"):
+    raise ConversionError(f"{src}: not a T2V-Turbo pipeline or VideoCrafter UNet folder (model_type {kind!r})")
+  unet_folder = src / "unet" if kind == "t2v_turbo" else src
+  unet = pretrained.read_config(unet_folder)
+  prefix = (unet.get("source") or {}).get("unet_prefix", UNET_PREFIX)
+  cfg = unet3d.VideoCrafterUNetConfig.from_dict(unet)
+  tensors = export_unet(pretrained.load_params(unet_folder), cfg, prefix)
+  if kind == "t2v_turbo":
+    vae_config = vae.AutoencoderKLConfig.from_dict(pretrained.read_config(src / "vae"))
+    tensors |= export_vae(pretrained.load_params(src / "vae"), vae_config)
+    text_config = clip_text.CLIPTextConfig.from_dict(pretrained.read_config(src / "text_encoder"))
+    tensors |= export_openclip_text(pretrained.load_params(src / "text_encoder"), text_config, TEXT_PREFIX)
+  torch_checkpoint.save(tensors, dst)
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--src", required=True, help="a VideoCrafter2 / T2V-Turbo .ckpt (Lightning, DeepSpeed or plain "
+                      "state dict); with --export, our folder")
+  parser.add_argument("--dst", required=True, help="destination folder (with --export: the .ckpt file to write)")
+  parser.add_argument("--tokenizer", default=None, help="open_clip's bpe_simple_vocab_16e6.txt.gz, or a CLIP "
+                      "tokenizer folder with vocab.json and merges.txt (needed for a pipeline)")
+  parser.add_argument("--lora", default=None, help="T2V-Turbo's unet_lora.pt, merged into the UNet")
+  parser.add_argument("--lora-scale", type=float, default=1.0)
+  parser.add_argument("--config", default=None, help="the model's yaml (model.params.unet_config.params); default: "
+                      "VideoCrafter2's layout, widths and conditioning read from the tensors")
+  parser.add_argument("--reference", action="store_true", help="convert the ref_model.diffusion_model.* UNet")
+  parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
+                      help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
+  parser.add_argument("--export", action="store_true", help="write our folder at --src back as a .ckpt (needs torch)")
+  args = parser.parse_args(argv)
+  try:
+    if args.export:
+      export_checkpoint(args.src, args.dst)
+      print(f"exported {args.src} to {args.dst}")
+    else:
+      ours = convert_checkpoint(args.src, args.dst, args.tokenizer, args.lora, args.lora_scale, args.config,
+                                args.reference, args.dtype)
+      print(f"converted {args.src} → {args.dst} ({ours['model_type']})")
+  except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
+    raise SystemExit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  main()

@@ -5,12 +5,17 @@ their published architectures with the original parameter names, for parity test
 residual blocks of `nn.MultiheadAttention` with a fused in-projection and a c_fc → GELU → c_proj MLP under a causal
 mask, `ln_final`), and VideoCrafter2's `FrozenOpenCLIPEmbedder(layer="penultimate")` reading of it.
 
+`simple_tokenize`: open_clip's `SimpleTokenizer` / `tokenize` (CLIP's BPE over a merges list, clean-up, lower case,
+start and end tokens, truncation keeping the end token, zero padding), which VideoCrafter2's embedder calls.
+
 `UNetModel`: VideoCrafter2's `lvdm/modules/networks/openaimodel3d.py` UNet as T2V-Turbo (VC2) configures it (linear
 transformer projections, temporal convs in every resnet, self-attention-only temporal transformers, `init_attn` with
 Conv1d projections, fps conditioning, `time_cond_proj`), in the original's (B·T, C, H, W) layout.
 """
 
+import html
 import math
+import re
 from collections import OrderedDict
 
 import torch
@@ -59,6 +64,56 @@ class OpenCLIPText(nn.Module):
     for block in self.transformer.resblocks[:-1]:
       x = block(x, self.attn_mask)
     return self.ln_final(x.permute(1, 0, 2))
+
+
+def _byte_symbols() -> tuple[list[str], dict[int, str]]:
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+  symbols, extra = {b: chr(b) for b in printable}, 0
+  for b in range(256):
+    if b not in symbols:
+      symbols[b], extra = chr(256 + extra), extra + 1
+  return [symbols[b] for b in printable] + [symbols[b] for b in range(256) if b not in printable], symbols
+
+
+def simple_tokenize(texts: list[str], merges: list[tuple[str, str]], context: int = 77) -> torch.Tensor:
+  r"""open_clip.tokenize with a vocabulary built from `merges` as SimpleTokenizer builds it (unicode regex classes
+  approximated by Python's: letters [^\W\d_], digits \d; ftfy left out)."""
+  order, byte_map = _byte_symbols()
+  vocab = order + [s + "</w>" for s in order] + ["".join(m) for m in merges] + ["<start_of_text>", "<end_of_text>"]
+  encoder, ranks = {t: i for i, t in enumerate(vocab)}, {m: i for i, m in enumerate(merges)}
+  pattern = re.compile(r"<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+",
+                       re.IGNORECASE)
+
+  def bpe(token):
+    word = tuple(token[:-1]) + (token[-1] + "</w>",)
+    while len(word) > 1:
+      pairs = {(a, b) for a, b in zip(word, word[1:])}
+      best = min(pairs, key=lambda p: ranks.get(p, math.inf))
+      if best not in ranks:
+        break
+      merged, i = [], 0
+      while i < len(word):
+        if i < len(word) - 1 and (word[i], word[i + 1]) == best:
+          merged.append(word[i] + word[i + 1])
+          i += 2
+        else:
+          merged.append(word[i])
+          i += 1
+      word = tuple(merged)
+    return word
+
+  out = torch.zeros(len(texts), context, dtype=torch.long)
+  for row, text in enumerate(texts):
+    text = re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip().lower()
+    ids = [encoder["<start_of_text>"]]
+    for token in pattern.findall(text):
+      ids += [encoder[t] for t in bpe("".join(byte_map[b] for b in token.encode("utf-8")))]
+    ids.append(encoder["<end_of_text>"])
+    if len(ids) > context:
+      ids = ids[:context]
+      ids[-1] = encoder["<end_of_text>"]
+    out[row, :len(ids)] = torch.tensor(ids)
+  return out
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

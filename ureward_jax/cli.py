@@ -22,23 +22,28 @@ build-pairs: judges each item's candidates (given, or sampled from --policy) as 
 wordings, keeps one chosen / rejected pair per prompt (`ureward_jax.preference`), appends the kept records to
 pairs.jsonl and every prompt's judgements to pairs.judgements.jsonl, whose ids a re-run skips.
 
-  ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR [--steps 1] [--height 512]
-                   [--width 512] [--seed 0] [--batch-size 8] [--dtype float32|bfloat16]
+  ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR [--task image|video]
+                   [--steps N] [--height H] [--width W] [--seed 0] [--batch-size 8] [--dtype float32|bfloat16]
+                   [--frames 16] [--fps 8] [--guidance-scale 7.5] [--video-format mp4|frames]
 
-generate: samples N images per prompt with a converted SDXL pipeline (`ureward_jax.generation.sdxl`) into
-OUT/images/{id}_{k}.png and appends {"id", "prompt", "candidates": ["images/{id}_0.png", ...]} to
-OUT/candidates.jsonl once all of a prompt's images are saved: the items `build-pairs --task image_generation` reads.
+generate: samples N candidates per prompt into OUT and appends {"id", "prompt", "candidates": [...]} to
+OUT/candidates.jsonl once all of a prompt's candidates are saved: the items `build-pairs --task image_generation`
+(or `video_generation`) reads. Images: a converted SDXL pipeline (`ureward_jax.generation.sdxl`; 1 step at 512²)
+writes OUT/images/{id}_{k}.png. Videos: a converted T2V-Turbo pipeline (`ureward_jax.generation.t2v_turbo`; 4 steps,
+16 frames at 320×512, fps 8, guidance 7.5, as UnifiedReward's data) writes OUT/videos/{id}_{k}.mp4 (H.264, crf 10,
+as the original saves them) or, with --video-format frames, a folder of PNG frames OUT/videos/{id}_{k}/.
 Prompts: a text file, one per line (blank lines skipped), or a .jsonl with "prompt" (or "caption") and optional "id";
-ids default to the prompt's position, "p00000". Image k of prompt i draws its noise from (seed, i × N + k) alone, so
-batching does not change it. Images are written under a temporary name and renamed; a re-run skips the ids already
-in candidates.jsonl, keeps the images an interrupted run finished, and refuses settings (seed, steps, size, N, dtype)
-other than those OUT/generate.json records.
+ids default to the prompt's position, "p00000". Candidate k of prompt i draws its noise from (seed, i × N + k) alone,
+so batching does not change it. Files are written under a temporary name and renamed; a re-run skips the ids
+already in candidates.jsonl, keeps the candidates an interrupted run finished, and refuses settings (seed, steps,
+size, N, dtype, and for videos frames, fps, guidance, format) other than those OUT/generate.json records.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import json
 import os
 import sys
@@ -229,6 +234,10 @@ def _build_pairs(args) -> int:
 
 # The settings an image depends on besides its prompt and index: a re-run into the same --out must repeat them.
 _GENERATE_SETTINGS = ("seed", "steps", "height", "width", "num_per_prompt", "dtype")
+_VIDEO_SETTINGS = ("frames", "fps", "guidance_scale", "video_format")
+# task → (pipeline model_type, its name with article, its converter, default steps and height)
+_GENERATORS = {"image": ("sdxl", "an SDXL", "converters.sdxl", 1, 512),
+               "video": ("t2v_turbo", "a T2V-Turbo", "converters.t2v_turbo", 4, 320)}
 
 
 def _read_prompts(path: str) -> list[tuple]:
@@ -267,20 +276,23 @@ def _read_prompts(path: str) -> list[tuple]:
   return entries
 
 
-def _check_sdxl_folder(folder: str) -> None:
-  """Exits with a message unless `folder` is a converted SDXL pipeline."""
+def _check_pipeline_folder(folder: str, task: str) -> None:
+  """Exits with a message unless `folder` is a converted pipeline of `task`'s kind."""
+  expected, name, converter = _GENERATORS[task][:3]
   config_file = os.path.join(folder, "config.json")
-  hint = "convert a diffusers SDXL pipeline with `python -m converters.sdxl --src SRC --dst DIR`"
+  hint = f"convert one with `python -m {converter} --src SRC --dst DIR`"
   if not os.path.isfile(config_file):
-    sys.exit(f"error: {folder} is not a converted SDXL pipeline folder: {config_file} is missing ({hint})")
+    sys.exit(f"error: {folder} is not a converted {name.split()[1]} pipeline folder: {config_file} is missing "
+             f"({hint})")
   with open(config_file, encoding="utf-8") as f:
     model_type = json.load(f).get("model_type")
-  if model_type != "sdxl":
-    sys.exit(f"error: {folder} is not an SDXL pipeline folder: its model_type is {model_type!r}, not 'sdxl' ({hint})")
+  if model_type != expected:
+    sys.exit(f"error: {folder} is not {name} pipeline folder: its model_type is {model_type!r}, not {expected!r} "
+             f"(--task {task}; {hint})")
 
 
-def _load_sdxl(folder: str, dtype: str):
-  """The SDXLPipeline of a checked folder; exits with a message when a component is missing."""
+def _load_pipeline(folder: str, dtype: str):
+  """The pipeline of a checked folder; exits with a message when a component is missing."""
   import jax.numpy as jnp
 
   import ureward_jax
@@ -291,19 +303,31 @@ def _load_sdxl(folder: str, dtype: str):
     sys.exit(f"error: {e}")
 
 
-def _check_settings(path: str, settings: dict) -> bool:
-  """Whether `path` (the settings of the images already in --out) is still to be written; exits when it records
-  other settings."""
+def _check_settings(path: str, settings: dict, keys) -> bool:
+  """Whether `path` (the settings of the candidates already in --out) is still to be written; exits when it records
+  other settings for `keys`."""
   if not os.path.exists(path):
     return True
   with open(path, encoding="utf-8") as f:
     recorded = json.load(f)
-  changed = [f"--{key.replace('_', '-')} {recorded.get(key)} (now {settings[key]})" for key in _GENERATE_SETTINGS
+  changed = [f"--{key.replace('_', '-')} {recorded.get(key)} (now {settings[key]})" for key in keys
              if recorded.get(key) != settings[key]]
   if changed:
-    sys.exit(f"error: the images in {os.path.dirname(path)} were made with {', '.join(changed)}; re-run with those "
-             "settings or choose another --out")
+    sys.exit(f"error: the candidates in {os.path.dirname(path)} were made with {', '.join(changed)}; re-run with "
+             "those settings or choose another --out")
   return False
+
+
+def _save(candidate, path: str, args) -> None:
+  """An image as PNG, a video as mp4 or a folder of PNG frames, each written whole or not at all."""
+  from ureward_jax.processing import video
+
+  if args.task == "image":
+    _save_png(candidate, path)
+  elif args.video_format == "mp4":
+    video.write_video(candidate, path, fps=args.fps)
+  else:
+    video.write_frame_folder(candidate, path)
 
 
 def _save_png(image, path: str) -> None:
@@ -315,17 +339,19 @@ def _save_png(image, path: str) -> None:
   os.replace(temporary, path)
 
 
-def _candidates(prompt_id, n: int) -> list[str]:
-  return [f"images/{prompt_id}_{k}.png" for k in range(n)]
+def _candidates(prompt_id, n: int, task: str = "image", video_format: str = "mp4") -> list[str]:
+  if task == "image":
+    return [f"images/{prompt_id}_{k}.png" for k in range(n)]
+  return [f"videos/{prompt_id}_{k}{'.mp4' if video_format == 'mp4' else ''}" for k in range(n)]
 
 
-def _write_finished(out, queue: collections.deque, left: collections.Counter, n: int) -> int:
-  """Append the lines of the prompts at the head of `queue` whose images are all saved (`left` 0), in file order;
-  the number written."""
+def _write_finished(out, queue: collections.deque, left: collections.Counter, names) -> int:
+  """Append the lines of the prompts at the head of `queue` whose candidates are all saved (`left` 0), in file
+  order, `names(prompt_id)` listing a prompt's candidates; the number written."""
   written = 0
   while queue and left[queue[0][1]] == 0:
     _, prompt_id, text = queue.popleft()
-    out.write(json.dumps({"id": prompt_id, "prompt": text, "candidates": _candidates(prompt_id, n)},
+    out.write(json.dumps({"id": prompt_id, "prompt": text, "candidates": names(prompt_id)},
                          ensure_ascii=False) + "\n")
     written += 1
   out.flush()
@@ -336,41 +362,45 @@ def _generate(args) -> int:
   started = time.perf_counter()
   if not os.path.isfile(args.prompts):
     sys.exit(f"error: {args.prompts} is not a file")
-  entries, n = _read_prompts(args.prompts), args.num_per_prompt
+  entries, n, task = _read_prompts(args.prompts), args.num_per_prompt, args.task
   if n % 2:
     print(f"warning: --num-per-prompt {n} is odd; build-pairs judges candidates two by two and needs an even number "
           "(at least 2) per prompt", file=sys.stderr)
-  _check_sdxl_folder(args.model)
-  settings = {key: getattr(args, key) for key in _GENERATE_SETTINGS} | {"model": os.path.abspath(args.model)}
+  _check_pipeline_folder(args.model, task)
+  keys = _GENERATE_SETTINGS + (_VIDEO_SETTINGS if task == "video" else ())
+  settings = {key: getattr(args, key) for key in keys} | {"model": os.path.abspath(args.model)}
   settings_file, output = os.path.join(args.out, "generate.json"), os.path.join(args.out, "candidates.jsonl")
-  os.makedirs(os.path.join(args.out, "images"), exist_ok=True)
-  settings_due = _check_settings(settings_file, settings)
+  os.makedirs(os.path.join(args.out, "images" if task == "image" else "videos"), exist_ok=True)
+  settings_due = _check_settings(settings_file, settings, keys)
   done = _done_ids(output)
+  names = functools.partial(_candidates, n=n, task=task, video_format=args.video_format)
   pending = [(i, prompt_id, text) for i, (prompt_id, text) in enumerate(entries) if prompt_id not in done]
-  # (prompt id, noise index, prompt, file) of each image still to make; those an interrupted run saved are kept.
+  # (prompt id, noise index, prompt, file) of each candidate still to make; those an interrupted run saved are kept.
   jobs = [(prompt_id, i * n + k, text, os.path.join(args.out, path)) for i, prompt_id, text in pending
-          for k, path in enumerate(_candidates(prompt_id, n)) if not os.path.exists(os.path.join(args.out, path))]
+          for k, path in enumerate(names(prompt_id)) if not os.path.exists(os.path.join(args.out, path))]
   left = collections.Counter(job[0] for job in jobs)
-  pipeline = _load_sdxl(args.model, args.dtype) if jobs else None
+  pipeline = _load_pipeline(args.model, args.dtype) if jobs else None
+  options = dict(num_inference_steps=args.steps, height=args.height, width=args.width, seed=args.seed)
+  if task == "video":
+    options |= dict(frames=args.frames, fps=args.fps, guidance_scale=args.guidance_scale)
   # Every batch has one size (the last one padded), so the pipeline compiles once.
   size, queue, lines = max(1, min(args.batch_size, len(jobs))), collections.deque(pending), 0
-  with open(output, "a", encoding="utf-8") as out, tqdm(total=len(jobs), unit="image", desc="generating") as bar:
-    lines += _write_finished(out, queue, left, n)
+  with open(output, "a", encoding="utf-8") as out, tqdm(total=len(jobs), unit=task, desc="generating") as bar:
+    lines += _write_finished(out, queue, left, names)
     for start in range(0, len(jobs), size):
       chunk = jobs[start:start + size]
       padded = chunk + chunk[-1:] * (size - len(chunk))
-      images = pipeline([job[2] for job in padded], num_inference_steps=args.steps, height=args.height,
-                        width=args.width, seed=args.seed, indices=[job[1] for job in padded])
+      made = pipeline([job[2] for job in padded], indices=[job[1] for job in padded], **options)
       if settings_due:
         with open(settings_file, "w", encoding="utf-8") as f:
           json.dump(settings, f, indent=1)
         settings_due = False
-      for job, image in zip(chunk, images):
-        _save_png(image, job[3])
+      for job, candidate in zip(chunk, made):
+        _save(candidate, job[3], args)
         left[job[0]] -= 1
-      lines += _write_finished(out, queue, left, n)
+      lines += _write_finished(out, queue, left, names)
       bar.update(len(chunk))
-  print(f"{lines} prompts done, {len(entries) - len(pending)} already in {output}; {len(jobs)} images written, "
+  print(f"{lines} prompts done, {len(entries) - len(pending)} already in {output}; {len(jobs)} {task}s written, "
         f"{len(pending) * n - len(jobs)} kept from an interrupted run; {time.perf_counter() - started:.1f} s",
         file=sys.stderr)
   return 0
@@ -418,20 +448,28 @@ def _parser() -> argparse.ArgumentParser:
   # The sifting scripts judge images and frames resized to 512².
   build.set_defaults(resize=512)
 
-  generate = commands.add_parser("generate", help="sample candidate images per prompt with an SDXL pipeline")
-  generate.add_argument("--model", required=True, help="converted SDXL pipeline folder (python -m converters.sdxl)")
+  generate = commands.add_parser("generate", help="sample candidate images (SDXL) or videos (T2V-Turbo) per prompt")
+  generate.add_argument("--model", required=True, help="converted pipeline folder: SDXL (python -m converters.sdxl) "
+                        "for images, T2V-Turbo (python -m converters.t2v_turbo) for videos")
+  generate.add_argument("--task", default="image", choices=sorted(_GENERATORS))
   generate.add_argument("--prompts", required=True,
                         help="text file, one prompt per line, or .jsonl with 'prompt' (or 'caption') and optional 'id'")
   generate.add_argument("--num-per-prompt", type=int, required=True,
-                        help="images per prompt (build-pairs needs an even number)")
-  generate.add_argument("--out", required=True,
-                        help="folder of images/ and candidates.jsonl (appended to; ids already there are skipped)")
-  generate.add_argument("--steps", type=int, default=1, help="sampling steps (SDXL-Turbo: 1 to 4)")
-  generate.add_argument("--height", type=int, default=512)
+                        help="candidates per prompt (build-pairs needs an even number)")
+  generate.add_argument("--out", required=True, help="folder of images/ or videos/ and candidates.jsonl (appended "
+                        "to; ids already there are skipped)")
+  generate.add_argument("--steps", type=int, default=None,
+                        help="sampling steps (default: images 1, SDXL-Turbo takes 1 to 4; videos 4, T2V-Turbo's LCM)")
+  generate.add_argument("--height", type=int, default=None, help="default: images 512, videos 320")
   generate.add_argument("--width", type=int, default=512)
-  generate.add_argument("--seed", type=int, default=0, help="image k of prompt i draws noise (seed, i × N + k)")
-  generate.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
+  generate.add_argument("--seed", type=int, default=0, help="candidate k of prompt i draws noise (seed, i × N + k)")
+  generate.add_argument("--batch-size", type=int, default=8, help="candidates per pipeline call")
   generate.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  generate.add_argument("--frames", type=int, default=16, help="video frames")
+  generate.add_argument("--fps", type=int, default=8, help="the frame rate the UNet is told and the mp4 plays at")
+  generate.add_argument("--guidance-scale", type=float, default=7.5, help="T2V-Turbo's embedded guidance scale")
+  generate.add_argument("--video-format", default="mp4", choices=("mp4", "frames"),
+                        help="an H.264 mp4 per video, or a folder of PNG frames (lossless)")
   generate.set_defaults(run=_generate)
   return parser
 
@@ -457,7 +495,12 @@ def _judging_arguments(command: argparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  for name in ("batch_size", "prompts_per_batch", "num_candidates", "num_per_prompt", "steps", "height", "width"):
+  if args.command == "generate":
+    steps, height = _GENERATORS[args.task][3:]
+    args.steps = steps if args.steps is None else args.steps
+    args.height = height if args.height is None else args.height
+  for name in ("batch_size", "prompts_per_batch", "num_candidates", "num_per_prompt", "steps", "height", "width",
+               "frames", "fps"):
     if getattr(args, name, 1) < 1:
       sys.exit(f"error: --{name.replace('_', '-')} must be at least 1")
   try:

@@ -46,8 +46,9 @@ def save(path: str | Path, config: dict[str, Any], params: Any, copy_from: str |
 def read_config(path: str | Path) -> dict[str, Any]:
   path = Path(path)
   if not (path / CONFIG).exists():
-    raise FileNotFoundError(f"{path} is not a converted checkpoint folder: {CONFIG} is missing "
-                            "(convert a PyTorch checkpoint first: `python -m converters.llava_onevision` or `converters.sdxl`)")
+    raise FileNotFoundError(f"{path} is not a converted checkpoint folder: {CONFIG} is missing (convert a PyTorch "
+                            "checkpoint first: `python -m converters.llava_onevision`, `converters.sdxl` or "
+                            "`converters.t2v_turbo`)")
   return json.loads((path / CONFIG).read_text())
 
 
@@ -95,6 +96,9 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
   if model_type == "sdxl":
     from ureward_jax.generation.sdxl import SDXLPipeline
     return SDXLPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
+  if model_type == "t2v_turbo":
+    from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
+    return T2VTurboPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
   raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")
 
 
@@ -104,4 +108,5 @@ SINGLE_DEVICE_MODELS = {
     "autoencoder_kl": ("ureward_jax.models.vae", "AutoencoderKLConfig", "VAE"),
     "clip_text": ("ureward_jax.models.clip_text", "CLIPTextConfig", "CLIPTextEncoder"),
     "unet3d_condition": ("ureward_jax.models.unet3d", "UNet3DConditionConfig", "UNet3D"),
+    "videocrafter_unet": ("ureward_jax.models.unet3d", "VideoCrafterUNetConfig", "VideoCrafter"),
 }

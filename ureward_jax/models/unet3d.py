@@ -443,3 +443,27 @@ class UNet3D:
     out = self._jitted({"params": self.params}, sample, np.asarray(timestep, np.float32),
                        np.asarray(encoder_hidden_states), cond)
     return np.asarray(out).transpose(0, 4, 1, 2, 3)
+
+
+@dataclasses.dataclass
+class VideoCrafter:
+  """A loaded VideoCrafter2 UNet: `config`, `params`, the Flax `module`, and `forward` with `UNetModel`'s arguments."""
+  config: VideoCrafterUNetConfig
+  params: Any
+  module: VideoCrafterUNet
+
+  @classmethod
+  def from_params(cls, config: VideoCrafterUNetConfig, params, dtype=jnp.float32, **module_kwargs):
+    return cls(config, params, VideoCrafterUNet(config, dtype=dtype, **module_kwargs))
+
+  @functools.cached_property
+  def _jitted(self):
+    return jax.jit(self.module.apply)
+
+  def forward(self, x, timesteps, context, fps=16, timestep_cond=None) -> np.ndarray:
+    """The prediction (B, C, T, H, W) for x (B, C, T, H, W), timesteps a number or (B,), context (B, S, D), fps a
+    number or (B,), timestep_cond (B, time_cond_proj_dim) (used only with `config.use_w_embedding`)."""
+    cond = None if timestep_cond is None else np.asarray(timestep_cond)
+    out = self._jitted({"params": self.params}, np.asarray(x).transpose(0, 2, 3, 4, 1),
+                       np.asarray(timesteps, np.float32), np.asarray(context), np.asarray(fps, np.float32), cond)
+    return np.asarray(out).transpose(0, 4, 1, 2, 3)

@@ -4,11 +4,12 @@ The folders diffusers ships hold `vocab.json` and `merges.txt` (transformers 5 s
 read as it is); from them this builds the pipeline transformers' `CLIPTokenizer` does: NFC, whitespace runs → one space, lower-case; CLIP's split pattern, byte-level
 mapping, BPE with the `</w>` end-of-word suffix; `<|startoftext|>` … `<|endoftext|>` around every prompt. Prompts
 are cut to 77 tokens (ends included) and padded with the folder's pad token: `<|endoftext|>` for SDXL's first
-tokenizer, `!` (id 0) for the second.
+tokenizer, `!` (id 0) for the second. `OpenCLIPTokenizer` is `open_clip.tokenize` on the same vocabulary.
 """
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +26,8 @@ SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[
 
 class CLIPTokenizer:
   """prompts → (B, max_length) int32 ids, padded to `max_length` as SDXL's pipelines ask (`padding="max_length"`)."""
+  # None: the folder's pad token, matched in the text as a special token (transformers' behaviour).
+  fixed_pad_token: str | None = None
 
   def __init__(self, folder: str | Path):
     folder = Path(folder)
@@ -42,7 +45,7 @@ class CLIPTokenizer:
     self.max_length = int(settings.get("model_max_length", 77))
     if self.max_length > 10**6:   # transformers' "no limit" sentinel; CLIP's position table has 77 rows
       self.max_length = 77
-    pad = _token(settings.get("pad_token", EOS))
+    pad = self.fixed_pad_token or _token(settings.get("pad_token", EOS))
     ids = {token: tok.token_to_id(token) for token in (BOS, EOS, pad)}
     missing = [token for token, token_id in ids.items() if token_id is None]
     if missing:
@@ -50,7 +53,8 @@ class CLIPTokenizer:
     self.bos_id, self.eos_id, self.pad_id = ids[BOS], ids[EOS], ids[pad]
     # As in transformers, the special tokens (the pad token included: `!` for SDXL's second tokenizer) are matched
     # in the text before anything else, so every "!" of a prompt becomes id 0 there.
-    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in (BOS, EOS, pad)])
+    specials = (BOS, EOS) if self.fixed_pad_token else (BOS, EOS, pad)
+    tok.add_special_tokens([tokenizers.AddedToken(t, special=True, normalized=False) for t in specials])
     tok.post_processor = processors.RobertaProcessing((EOS, self.eos_id), (BOS, self.bos_id), trim_offsets=False,
                                                       add_prefix_space=False)
     tok.enable_truncation(self.max_length)
@@ -61,6 +65,18 @@ class CLIPTokenizer:
     if isinstance(prompts, str):
       raise TypeError("pass a list of prompts, not a single string")
     return np.asarray([e.ids for e in self._tokenizer.encode_batch(list(prompts))], np.int32)
+
+
+class OpenCLIPTokenizer(CLIPTokenizer):
+  """`open_clip.tokenize`, VideoCrafter2's text encoder's tokenizer, on a CLIP vocabulary folder: HTML entities
+  unescaped twice first, as it does; padded with id 0 (`!`), which, unlike transformers' pad token, is not matched in
+  the text (a prompt's "!" stays `!</w>`). Not replicated: its `ftfy.fix_text` (mojibake repair), here NFC."""
+  fixed_pad_token = "!"
+
+  def __call__(self, prompts: Sequence[str]) -> np.ndarray:
+    if isinstance(prompts, str):
+      raise TypeError("pass a list of prompts, not a single string")
+    return super().__call__([html.unescape(html.unescape(p)).strip() for p in prompts])
 
 
 def _from_vocab_and_merges(folder: Path) -> tokenizers.Tokenizer:

@@ -48,3 +48,40 @@ def read_frames(path: str, num_frames: int = 8) -> np.ndarray:
   if not decoded:
     raise ValueError(f"video {path} has no frames")
   return np.stack([decoded[i] for i in frame_indices(len(decoded), num_frames)])
+
+
+def write_video(frames: np.ndarray, path: str, fps: float = 8, crf: int = 10) -> None:
+  """Write (T, H, W, 3) uint8 RGB frames as an H.264 mp4 (yuv420p, constant quality `crf`: 10, as VideoCrafter's
+  `save_videos` asks of torchvision), under a temporary name then renamed, so `path` is never a partial file.
+  H and W must be even (4:2:0 chroma)."""
+  try:
+    import av
+  except ImportError:
+    raise ImportError("writing video files needs PyAV: pip install 'ureward_jax[video]'") from None
+  frames = np.asarray(frames)
+  if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+    raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+  if frames.shape[1] % 2 or frames.shape[2] % 2:
+    raise ValueError(f"H.264 in yuv420p needs an even height and width, got {frames.shape[1]}×{frames.shape[2]}")
+  temporary = path + ".tmp"
+  with av.open(temporary, mode="w", format="mp4") as container:
+    stream = container.add_stream("libx264", rate=int(round(fps)))
+    stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+    stream.options = {"crf": str(crf)}
+    for frame in frames:
+      container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+    container.mux(stream.encode())
+  os.replace(temporary, path)
+
+
+def write_frame_folder(frames: np.ndarray, folder: str) -> None:
+  """Write (T, H, W, 3) uint8 frames as `folder/00000.png`, … (lossless; `read_frames` reads such folders), built
+  under a temporary name and renamed, so `folder` never holds a partial video."""
+  temporary = folder + ".tmp"
+  if os.path.isdir(temporary):
+    for name in os.listdir(temporary):
+      os.remove(os.path.join(temporary, name))
+  os.makedirs(temporary, exist_ok=True)
+  for index, frame in enumerate(np.asarray(frames)):
+    Image.fromarray(frame).save(os.path.join(temporary, f"{index:05d}.png"), format="PNG")
+  os.replace(temporary, folder)

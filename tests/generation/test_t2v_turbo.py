@@ -1,0 +1,214 @@
+"""T2V-Turbo end to end: a VideoCrafter2-style Lightning `.ckpt` (UNet without `time_cond_proj`, VAE, OpenCLIP text
+tower, schedule buffers, a pickled settings object) plus a T2V-Turbo LoRA list are converted by the command line,
+loaded, and the pipeline's video equals the PyTorch re-statements driven by the published LCM step (fp32, every
+parameter perturbed); the tokenizer equals open_clip's; export writes back every tensor bit for bit; bad files
+fail naming what is wrong."""
+
+import gzip
+import json
+
+import av
+import diffusers
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import ureward_jax
+from converters import sdxl, t2v_turbo, torch_checkpoint
+from converters.common import ConversionError
+from tests.generation.test_lcm import RestatedScheduler
+from tests.models.test_unet3d import perturbed
+from tests.models.test_videocrafter import TINY
+from tests.parity import max_rel
+from tests.tiny_sdxl import MERGES
+from tests.video_reference import OpenCLIPText, UNetModel, simple_tokenize
+from ureward_jax.cli import main
+from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
+from ureward_jax.models import unet3d, vae
+from ureward_jax.processing.video import read_frames
+
+WIDTH = 64                                       # OpenCLIP heads are 64 wide: one head
+UNET = {**TINY, "context_dim": WIDTH}
+VOCAB = 512 + len(MERGES) + 2
+PROMPTS = ["the red cat!", "The DOG &amp; the  blue cat", "x " * 100, "", "and!!"]
+STEPS, FRAMES, HEIGHT, WIDTH_PX = 4, 3, 32, 48
+
+
+class Settings:
+  """Stands for a Lightning checkpoint's pickled hyper-parameters: a class the reader must not need."""
+
+
+def _schedule_buffers(betas):
+  ac = np.cumprod(1 - betas)
+  return {"betas": torch.tensor(betas, dtype=torch.float32), "alphas_cumprod": torch.tensor(ac, dtype=torch.float32),
+          "alphas_cumprod_prev": torch.tensor(np.append(1.0, ac[:-1]), dtype=torch.float32),
+          "scale_factor": torch.tensor(0.18215)}
+
+
+VC2_BETAS = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+  root = tmp_path_factory.mktemp("t2v")
+  torch.manual_seed(0)
+  unet = perturbed(UNetModel(**UNET), 1)
+  text = perturbed(OpenCLIPText(vocab_size=VOCAB, width=WIDTH, layers=3, embed_dim=32), 2)
+  autoencoder = perturbed(diffusers.AutoencoderKL(
+      block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 2,
+      up_block_types=("UpDecoderBlock2D",) * 2), 3)
+  vae_config = vae.AutoencoderKLConfig.from_dict(dict(autoencoder.config))
+  vae_tensors = t2v_turbo.export_vae(sdxl.params_from_tensors(
+      {k: v.numpy() for k, v in autoencoder.state_dict().items()}, vae.param_shapes(vae_config)), vae_config)
+
+  config = unet3d.VideoCrafterUNetConfig.from_dict(UNET)
+  # Copies: `load_state_dict` below writes the merged weights into the very tensors `.numpy()` would share.
+  base = {t2v_turbo.UNET_PREFIX + k: v.numpy().copy() for k, v in unet.state_dict().items()
+          if "time_cond_proj" not in k}
+  g, lora = torch.Generator().manual_seed(4), []
+  for name in t2v_turbo.lora_targets(config):
+    weight = unet.state_dict()[name + ".weight"]
+    lora += [0.1 * torch.randn(weight.shape[0], 4, *(1,) * (weight.ndim - 2), generator=g),
+             0.1 * torch.randn(4, *weight.shape[1:], generator=g)]
+  merged = t2v_turbo.merge_lora(base, [t.numpy() for t in lora], config)
+  unet.load_state_dict({k.removeprefix(t2v_turbo.UNET_PREFIX): torch.from_numpy(v) for k, v in merged.items()})
+
+  text_tensors = {t2v_turbo.TEXT_PREFIX + k: v for k, v in text.state_dict().items()}
+  state = {**{k: torch.from_numpy(v) for k, v in {**base, **vae_tensors}.items()}, **text_tensors,
+           **_schedule_buffers(VC2_BETAS)}
+  torch.save({"state_dict": state, "epoch": 3, "hyper_parameters": Settings()}, root / "model.ckpt")
+  torch.save(lora, root / "unet_lora.pt")
+  with gzip.open(root / "bpe.txt.gz", "wt", encoding="utf-8") as f:
+    f.write("\n".join(["#version: test"] + [" ".join(m) for m in MERGES]) + "\n")
+  # The UNet's layout is not in its tensors: the model's yaml gives it (here only the toy's own values).
+  (root / "config.yaml").write_text(yaml.safe_dump({"model": {"params": {"unet_config": {"params": dict(
+      UNET, channel_mult=list(UNET["channel_mult"]), attention_resolutions=list(UNET["attention_resolutions"]),
+      use_linear=True, temporal_conv=True)}}}}))
+  t2v_turbo.main(["--src", str(root / "model.ckpt"), "--lora", str(root / "unet_lora.pt"), "--tokenizer",
+                  str(root / "bpe.txt.gz"), "--config", str(root / "config.yaml"), "--dst", str(root / "converted")])
+  return dict(root=root, unet=unet, text=text, vae=autoencoder, state=state, merged=merged,
+              vae_tensors=vae_tensors, pipeline=ureward_jax.load(root / "converted"))
+
+
+def test_tokenizer_is_open_clips(made):
+  """`!` is an ordinary symbol (not SDXL's pad token), HTML entities are unescaped, long prompts keep their end
+  token, padding is zeros."""
+  ids = made["pipeline"].tokenizer(PROMPTS)
+  np.testing.assert_array_equal(ids, simple_tokenize(PROMPTS, MERGES).numpy())
+  assert ids[4, 2] == 0 and ids[4, 3] == 256 and ids[2, 76] == VOCAB - 1
+
+
+def test_video_matches_the_restated_pipeline(made):
+  pipe, unet, autoencoder = made["pipeline"], made["unet"], made["vae"]
+  assert isinstance(pipe, T2VTurboPipeline) and pipe.unet.config.time_cond_proj_dim == 12
+  prompts = PROMPTS[:2]
+  ids = simple_tokenize(prompts, MERGES)
+  noise = np.asarray(pipe.noise(0, [0, 1], STEPS, FRAMES, HEIGHT, WIDTH_PX))
+  with jax.default_matmul_precision("highest"):
+    got = np.asarray(pipe._generate(pipe.params, ids.numpy().astype(np.int32), noise, jnp.float32(7.5),
+                                    jnp.float32(8), STEPS))
+
+  half = 6   # T2V-Turbo's get_w_embedding: [sin, cos] of w · 1000 · exp(−ln(10⁴) i / (half − 1))
+  angles = 7500.0 * torch.exp(torch.arange(half) * -(np.log(10000.0) / (half - 1)))
+  w_embedding = torch.cat([torch.sin(angles), torch.cos(angles)])[None].repeat(2, 1)
+  scheduler = RestatedScheduler(STEPS)
+  as_torch = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 4, 1, 2, 3)))  # noqa: E731
+  x = as_torch(noise[0]).double()
+  with torch.no_grad():
+    context = made["text"].penultimate(ids)
+    for i, t in enumerate(scheduler.timesteps):
+      eps = unet(x.float(), torch.full((2,), int(t)), context, torch.full((2,), 8), timestep_cond=w_embedding)
+      x, denoised = scheduler.step(eps.double().numpy(), i, x.numpy(), as_torch(noise[i + 1]).double().numpy())
+      x = torch.from_numpy(x)
+    latents = torch.from_numpy(denoised).float()                                          # (B, C, T, h, w)
+    frames = latents.permute(0, 2, 1, 3, 4).reshape(-1, 4, *latents.shape[-2:]) / 0.18215
+    pixels = autoencoder.decode(frames).sample.clamp(-1, 1)
+  want = ((pixels + 1) / 2).reshape(2, FRAMES, 3, HEIGHT, WIDTH_PX).permute(0, 1, 3, 4, 2).numpy()
+  assert got.shape == (2, FRAMES, HEIGHT, WIDTH_PX, 3) and max_rel(got, want) <= 1e-4
+  videos = pipe(prompts, STEPS, FRAMES, HEIGHT, WIDTH_PX, fps=8, guidance_scale=7.5, seed=0)
+  assert videos.dtype == np.uint8 and np.abs(videos.astype(int) - (want * 255).astype(int)).max() <= 1
+
+
+def test_export_restores_every_tensor(made):
+  back = made["root"] / "back.ckpt"
+  t2v_turbo.main(["--export", "--src", str(made["root"] / "converted"), "--dst", str(back)])
+  tensors = torch.load(back, weights_only=True)["state_dict"]
+  want = {**made["merged"], **made["vae_tensors"],
+          **{k: v.numpy() for k, v in made["state"].items() if k.startswith(t2v_turbo.TEXT_PREFIX)}}
+  del want[t2v_turbo.TEXT_PREFIX + "logit_scale"]
+  assert set(tensors) == set(want)
+  assert all(np.array_equal(tensors[k].numpy(), want[k]) for k in want)
+
+
+def test_a_reference_unet_file_becomes_a_unet_folder(made, tmp_path):
+  """VideoDPO's reference naming, in a DeepSpeed-layout file: a UNet folder whose forward is the re-statement's."""
+  unet = made["unet"]
+  state = {"_forward_module." + t2v_turbo.REFERENCE_UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+  torch.save({"module": state}, tmp_path / "ref.ckpt")
+  t2v_turbo.main(["--src", str(tmp_path / "ref.ckpt"), "--config", str(made["root"] / "config.yaml"), "--dst",
+                  str(tmp_path / "ref")])
+  loaded = ureward_jax.load(tmp_path / "ref")
+  assert isinstance(loaded, unet3d.VideoCrafter)
+  g = torch.Generator().manual_seed(5)
+  x, context, cond = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2, 7, WIDTH, generator=g), \
+      torch.randn(2, 12, generator=g)
+  with torch.no_grad():
+    want = unet(x, torch.tensor([999, 19]), context, torch.tensor([16, 8]), timestep_cond=cond).numpy()
+  with jax.default_matmul_precision("highest"):
+    got = loaded.forward(x.numpy(), [999, 19], context.numpy(), [16, 8], cond.numpy())
+  assert max_rel(got, want) <= 1e-4
+
+
+def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
+  state = made["state"]
+  cases = {
+      "no tokenizer": ({"state_dict": state}, [], "needs its tokenizer"),
+      "stray tensor": ({"state_dict": {**state, "model_ema.decay": torch.tensor(0.9)}}, ["--tokenizer", "x"],
+                       r"unexpected tensors outside the UNet, VAE and text encoder: \['model_ema.decay'\]"),
+      "other schedule": ({"state_dict": {**state, **_schedule_buffers(np.linspace(1e-4, 0.02, 1000))}},
+                         ["--tokenizer", "x"], "noise schedule 'alphas_cumprod' is not VideoCrafter2's"),
+      "no reference": ({"state_dict": state}, ["--reference"], "does not hold"),
+  }
+  for name, (content, flags, message) in cases.items():
+    torch.save(content, tmp_path / "bad.ckpt")
+    with pytest.raises(SystemExit, match=message):
+      t2v_turbo.main(["--src", str(tmp_path / "bad.ckpt"), "--dst", str(tmp_path / name), *flags])
+  dropped = {k: v for k, v in state.items() if not k.endswith("input_blocks.1.0.in_layers.2.bias")}
+  torch.save({"state_dict": dropped}, tmp_path / "dropped.ckpt")
+  with pytest.raises(SystemExit, match=r"missing tensor 'model.diffusion_model.input_blocks.1.0.in_layers.2.bias'"):
+    t2v_turbo.main(["--src", str(tmp_path / "dropped.ckpt"), "--config", str(made["root"] / "config.yaml"),
+                    "--tokenizer", "x", "--dst", str(tmp_path / "dropped")])
+  (tmp_path / "old.ckpt").write_bytes(b"\x80\x02not a zip")
+  with pytest.raises(ConversionError, match="not a torch zip checkpoint"):
+    torch_checkpoint.state_dict(tmp_path / "old.ckpt")
+
+
+def test_generate_writes_videos_and_candidates(made, tmp_path):
+  """`ureward generate --task video`: frame folders (lossless) equal the pipeline's videos numbered i × N + k; mp4s
+  hold the frames at the asked rate; an SDXL folder is refused for videos."""
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("the red cat\nand the blue dog\n")
+  common = ["generate", "--task", "video", "--model", str(made["root"] / "converted"), "--prompts", str(prompts),
+            "--num-per-prompt", "2", "--frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH_PX),
+            "--batch-size", "4", "--seed", "5"]
+  assert main(common + ["--video-format", "frames", "--out", str(tmp_path / "frames")]) == 0
+  rows = [json.loads(line) for line in (tmp_path / "frames" / "candidates.jsonl").read_text().splitlines()]
+  assert [row["candidates"] for row in rows] == [[f"videos/p0000{i}_{k}" for k in (0, 1)] for i in (0, 1)]
+  want = made["pipeline"](["the red cat"] * 2 + ["and the blue dog"] * 2, STEPS, FRAMES, HEIGHT, WIDTH_PX, seed=5,
+                          indices=[0, 1, 2, 3])
+  got = np.stack([read_frames(str(tmp_path / "frames" / path), FRAMES) for row in rows for path in row["candidates"]])
+  assert np.abs(got.astype(int) - want.astype(int)).max() <= 1   # one uint8 step where XLA sums in another order
+  assert json.loads((tmp_path / "frames" / "generate.json").read_text())["guidance_scale"] == 7.5
+
+  assert main(common + ["--out", str(tmp_path / "mp4")]) == 0
+  with av.open(str(tmp_path / "mp4" / "videos" / "p00001_1.mp4")) as container:
+    stream = container.streams.video[0]
+    decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+    assert stream.average_rate == 8 and decoded.shape == (FRAMES, HEIGHT, WIDTH_PX, 3)
+  (tmp_path / "sdxl").mkdir()
+  (tmp_path / "sdxl" / "config.json").write_text(json.dumps({"model_type": "sdxl"}))
+  with pytest.raises(SystemExit, match="is not a T2V-Turbo pipeline folder: its model_type is 'sdxl'"):
+    main(common[:4] + [str(tmp_path / "sdxl")] + common[5:] + ["--out", str(tmp_path / "x")])
