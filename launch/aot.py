@@ -2,6 +2,7 @@
 
   python -m launch.aot --config=configs/reward_llava_ov_7b.py --topology=v5p-64 [--json]
   python -m launch.aot --config=configs/dpo_sdxl_turbo.py --topology=v5p-8   # SDXL's UNet without a checkpoint
+  python -m launch.aot --config=configs/dpo_t2v_turbo.py --topology=v5p-8    # VideoCrafter2's UNet likewise
 
 TPU topologies come from libtpu (the `tpu` extra) and compile under JAX_PLATFORMS=cpu; no TPU is needed. The
 report: `per_device_bytes` (arguments + temporaries + outputs − aliased donations, from XLA's memory analysis),
@@ -17,12 +18,14 @@ import time
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from launch import diffusion_train  # noqa: E402
+from converters.t2v_turbo import LDM_VAE, SCHEDULER  # noqa: E402
+from launch import diffusion_train, video_train  # noqa: E402
 from launch.train import (  # noqa: E402
   flops_factor,
   objective_of,
@@ -32,9 +35,10 @@ from launch.train import (  # noqa: E402
 )
 from ureward_jax import parallel, pretrained  # noqa: E402
 from ureward_jax.data.pipeline import batch_shapes  # noqa: E402
-from ureward_jax.models import unet2d  # noqa: E402
+from ureward_jax.models import unet2d, unet3d  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, param_shapes  # noqa: E402
 from ureward_jax.models.vae import AutoencoderKLConfig  # noqa: E402
+from ureward_jax.train import trainable  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
 
@@ -57,9 +61,11 @@ def topology_devices(name: str) -> list:
 
 def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = None) -> dict:
   """Lower and compile the training step of `config` (SFT, or DPO with its reference) for `devices`; returns the
-  report. Diffusion-DPO configs go to `compile_diffusion_step`."""
+  report. Diffusion-DPO configs go to `compile_diffusion_step`, video DPO configs to `compile_video_step`."""
   if objective_of(config) == "diffusion_dpo":
     return compile_diffusion_step(config, devices)
+  if objective_of(config) == "video_dpo":
+    return compile_video_step(config, devices)
   model = model or PRESETS[config.model.preset]
   if config.data.batch_size % config.train.grad_accum:
     raise ValueError(f"batch_size {config.data.batch_size} is not a multiple of grad_accum {config.train.grad_accum}")
@@ -67,9 +73,7 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   micro = sequences_per_micro_batch(config, mesh)
   per_sample = 2 if objective_of(config) == "dpo" else 1   # sequences per sample: a DPO pair is two
   module = LlavaOnevision(model, dtype=jnp.dtype(config.model.dtype), remat=config.remat)
-  shardings = parallel.param_shardings(param_shapes(model, boxed=True), mesh)
-  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), param_shapes(model),
-                        shardings)
+  params, shardings = _placed(param_shapes(model, boxed=True), mesh)
   optimizer = make_optimizer(params, config.optim.lr, config.train.num_steps, config.optim.schedule,
                              config.optim.warmup_ratio, config.optim.weight_decay, config.optim.clip_norm,
                              parts=tuple(config.train.tunable_parts),
@@ -78,13 +82,10 @@ def compile_train_step(config, devices, model: LlavaOnevisionConfig | None = Non
   batch = batch_shapes(config.train.grad_accum, micro, config.data.max_length, config.data.patches_per_sample,
                        model.vision.image_size, parallel.data_sharding(mesh, batch_axis=1))
   start = time.perf_counter()
-  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
-  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                       jax.eval_shape(optimizer.init, params), opt_shardings)
+  state, opt_shardings = _optimizer_state(optimizer, params, shardings, mesh)
   extra = ()
   if reference_in_step(config):
-    extra = (jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(config.dpo.reference_dtype),
-                                                         sharding=p.sharding), params),)
+    extra = (_cast(params, config.dpo.reference_dtype),)
   elif objective_of(config) == "dpo":
     extra = (None,)
     batch["reference_logps"] = jax.ShapeDtypeStruct(batch["input_ids"].shape[:2], jnp.float32,
@@ -114,16 +115,11 @@ def compile_diffusion_step(config, devices, unet_config: unet2d.UNet2DConditionC
   unet_config = unet_config or unet2d.UNet2DConditionConfig()
   mesh = parallel.make_mesh(**config.mesh, devices=devices)
   micro = diffusion_train.pairs_per_micro_batch(config, mesh)
-  shardings = parallel.param_shardings(unet2d.param_shapes(unet_config, boxed=True), mesh)
-  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                        unet2d.param_shapes(unet_config), shardings)
-  reference = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(config.diffusion_dpo.reference_dtype),
-                                                          sharding=p.sharding), params)
+  params, shardings = _placed(unet2d.param_shapes(unet_config, boxed=True), mesh)
+  reference = _cast(params, config.diffusion_dpo.reference_dtype)
   optimizer, _ = diffusion_train.make_optimizer(config, max(config.train.num_steps, 1))
   start = time.perf_counter()
-  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
-  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-                       jax.eval_shape(optimizer.init, params), opt_shardings)
+  state, opt_shardings = _optimizer_state(optimizer, params, shardings, mesh)
   batch = diffusion_train.pair_shapes(config, unet_config, micro, downsample, parallel.data_sharding(mesh, 1))
   step = diffusion_train.training_step(config, unet_config, optimizer, AutoencoderKLConfig.scaling_factor)
   with parallel.activation_rules(mesh):
@@ -132,6 +128,55 @@ def compile_diffusion_step(config, devices, unet_config: unet2d.UNet2DConditionC
   return dict(_memory_report(compiled, devices, mesh), parameters=param_count(params),
               replicated_param_fraction=parallel.replicated_fraction(params, shardings),
               pairs_per_micro_batch=micro, compile_seconds=round(time.perf_counter() - start, 1))
+
+
+def compile_video_step(config, devices, unet_config: unet3d.VideoCrafterUNetConfig | None = None,
+                       downsample: int = 8) -> dict:
+  """The video DPO step of `config` (policy UNet, optimiser state of its trained part, the frozen reference UNet,
+  micro-batches of encoded clip pairs) for `devices`. The UNet is the checkpoint's, else `unet_config`, else
+  VideoCrafter2's; `downsample` is the VAE's pixels per latent (8). The frozen encoders run outside the step."""
+  if config.model.checkpoint:
+    unet_config = unet3d.VideoCrafterUNetConfig.from_dict(
+        pretrained.read_config(os.path.join(config.model.checkpoint, "unet")))
+  unet_config = unet_config or unet3d.VideoCrafterUNetConfig()
+  mesh = parallel.make_mesh(**config.mesh, devices=devices)
+  micro = diffusion_train.pairs_per_micro_batch(config, mesh)
+  params, shardings = _placed(unet3d.param_shapes(unet_config, boxed=True), mesh)
+  reference = _cast(params, config.video_dpo.reference_dtype)
+  mask = video_train.train_mask(config, params)
+  trained, trained_shardings = trainable.split(params, mask)[0], trainable.split(shardings, mask)[0]
+  optimizer, _ = video_train.make_optimizer(config, max(config.train.num_steps, 10))
+  start = time.perf_counter()
+  state, opt_shardings = _optimizer_state(optimizer, trained, trained_shardings, mesh)
+  batch = video_train.pair_shapes(config, unet_config, micro, downsample, parallel.data_sharding(mesh, 1))
+  step = video_train.training_step(config, unet_config, optimizer, LDM_VAE.scaling_factor, SCHEDULER, mask)
+  with parallel.activation_rules(mesh):
+    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+    compiled = jitted.lower(params, state, batch, reference, jax.random.key(0)).compile()
+  return dict(_memory_report(compiled, devices, mesh), parameters=param_count(params),
+              trained_parameters=param_count(trained),
+              replicated_param_fraction=parallel.replicated_fraction(params, shardings),
+              pairs_per_micro_batch=micro, compile_seconds=round(time.perf_counter() - start, 1))
+
+
+def _placed(boxed_shapes, mesh):
+  """(params as sharded `jax.ShapeDtypeStruct`s, their shardings) from a model's boxed parameter shapes."""
+  shardings = parallel.param_shardings(boxed_shapes, mesh)
+  params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), nn.unbox(boxed_shapes),
+                        shardings)
+  return params, shardings
+
+
+def _cast(params, dtype: str):
+  return jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.dtype(dtype), sharding=p.sharding), params)
+
+
+def _optimizer_state(optimizer, params, shardings, mesh):
+  """(the optimiser state of `params` as sharded shapes, its shardings)."""
+  opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
+  state = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                       jax.eval_shape(optimizer.init, params), opt_shardings)
+  return state, opt_shardings
 
 
 def _memory_report(compiled, devices, mesh) -> dict:

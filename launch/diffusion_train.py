@@ -39,7 +39,7 @@ OPTIMIZERS = ("adafactor", "adamw")
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 
 
-def _component(folder: str, name: str, module, config_cls, mesh):
+def load_component(folder: str, name: str, module, config_cls, mesh):
   """(config, placed params) of one component of the pipeline folder, sharded by its logical axes."""
   config = config_cls.from_dict(pretrained.read_config(os.path.join(folder, name)))
   shardings = parallel.param_shardings(module.param_shapes(config, boxed=True), mesh)
@@ -100,8 +100,8 @@ class FrozenEncoders:
   the jitted functions, not closed over: a constant would copy them into the program."""
 
   def __init__(self, folder: str, mesh, dtype):
-    self.vae_config, vae_params, _ = _component(folder, "vae", vae, vae.AutoencoderKLConfig, mesh)
-    text = [_component(folder, name, clip_text, clip_text.CLIPTextConfig, mesh) for name in TEXT_ENCODERS]
+    self.vae_config, vae_params, _ = load_component(folder, "vae", vae, vae.AutoencoderKLConfig, mesh)
+    text = [load_component(folder, name, clip_text, clip_text.CLIPTextConfig, mesh) for name in TEXT_ENCODERS]
     self.params = (vae_params, *(params for _, params, _ in text))
     self.vae = vae.AutoencoderKL(self.vae_config)
     self.text = [clip_text.CLIPTextModel(config, dtype=dtype) for config, _, _ in text]
@@ -134,13 +134,10 @@ class FrozenEncoders:
 def train(config: ml_collections.ConfigDict) -> LoopState:
   folder = config.model.checkpoint
   check_pipeline_folder(folder)
-  os.makedirs(config.workdir, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(config.workdir, "config.json"), "w") as f:
-      f.write(config.to_json(indent=2))
+  start_workdir(config)
   resolution = config.data.resolution
   mesh = parallel.make_mesh(**config.mesh)
-  unet_config, params, shardings = _component(folder, "unet", unet2d, unet2d.UNet2DConditionConfig, mesh)
+  unet_config, params, shardings = load_component(folder, "unet", unet2d, unet2d.UNet2DConditionConfig, mesh)
   vae_config = vae.AutoencoderKLConfig.from_dict(pretrained.read_config(os.path.join(folder, "vae")))
   logging.info("UNet parameters: %d; replicated bytes: %.1f%%", sum(p.size for p in jax.tree.leaves(params)),
                100 * parallel.replicated_fraction(params))
@@ -189,17 +186,35 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   with parallel.activation_rules(mesh):
     compiled = jitted.lower(state.params, state.opt_state, encoded, reference, jax.random.key(0)).compile()
 
+  schedule = learning_rate_schedule(lr, num_steps, config.optim.schedule, config.optim.warmup_ratio)
+  return run_pairs(config, state, stream, next_batch, inputs_of,
+                   lambda p, o, b, rng: compiled(p, o, b, reference, rng), records, num_steps, checkpointer,
+                   schedule)
+
+
+def start_workdir(config) -> None:
+  """Create the workdir and record the resolved config there (first host only)."""
+  os.makedirs(config.workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(config.workdir, "config.json"), "w") as f:
+      f.write(config.to_json(indent=2))
+
+
+def run_pairs(config, state: LoopState, stream, next_batch: int, inputs_of, step, records, num_steps: int,
+              checkpointer: Checkpointer, learning_rate) -> LoopState:
+  """The shared loop of the pair objectives: batch n of `stream` (numbered from `next_batch`) is placed by
+  `inputs_of` and trained by `step(params, opt_state, inputs, rng)` with rng `fold_in(key(seed), n)`; bad pairs
+  are reported by their records' ids."""
   def place(batch):
     return {"pairs": inputs_of(batch), "rng": jax.random.fold_in(jax.random.key(config.seed), batch["number"])}
 
   numbered = (b | {"number": n} for n, b in enumerate(stream, start=next_batch))
   loop = Loop(
-      step_for=lambda batch: lambda p, o, b: compiled(p, o, b["pairs"], reference, b["rng"]),
+      step_for=lambda batch: lambda p, o, b: step(p, o, b["pairs"], b["rng"]),
       place=place, flops=lambda batch: 0.0,
       record_ids=lambda indices: [str(records[i].get("id", f"#{i}")) for i in indices],
       num_steps=num_steps, log_every=config.train.log_every, checkpointer=checkpointer,
-      metrics=MetricsWriter(config.workdir, resume_step=state.step),
-      learning_rate=learning_rate_schedule(lr, num_steps, config.optim.schedule, config.optim.warmup_ratio))
+      metrics=MetricsWriter(config.workdir, resume_step=state.step), learning_rate=learning_rate)
   return loop.run(state, numbered)
 
 

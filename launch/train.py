@@ -4,7 +4,8 @@
 
 The workdir receives `config.json` (the resolved config), `checkpoints/`, `metrics.jsonl`, `tensorboard/` and the
 tokenizer used. Re-running the same command resumes from the latest checkpoint; SIGTERM finishes the current step,
-saves and exits. `train.objective = "diffusion_dpo"` aligns an SDXL UNet instead (`launch/diffusion_train.py`).
+saves and exits. `train.objective = "diffusion_dpo"` aligns an SDXL UNet instead (`launch/diffusion_train.py`),
+`"video_dpo"` T2V-Turbo's (`launch/video_train.py`).
 `train.objective = "dpo"` trains on preference records (`data.examples.make_preference_example`)
 with the `dpo` settings, against a frozen reference: the starting model, kept as a copy in `dpo.reference_dtype`
 and run in every step (`dpo.reference = "step"`), or run once over the data before training
@@ -80,11 +81,12 @@ def model_config(config, tokenizer: tokenizers.Tokenizer) -> LlavaOnevisionConfi
   return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
 
 
-OBJECTIVES = ("sft", "dpo", "diffusion_dpo")
+OBJECTIVES = ("sft", "dpo", "diffusion_dpo", "video_dpo")
 
 
 def objective_of(config) -> str:
-  """train.objective: "sft" (the default) or "dpo" for the LLaVA model, "diffusion_dpo" for an SDXL UNet."""
+  """train.objective: "sft" (the default) or "dpo" for the LLaVA model, "diffusion_dpo" for an SDXL UNet,
+  "video_dpo" for T2V-Turbo's."""
   objective = config.train.get("objective", "sft")
   if objective not in OBJECTIVES:
     raise ValueError(f"train.objective {objective!r} is not one of {OBJECTIVES}")
@@ -165,6 +167,9 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   if objective_of(config) == "diffusion_dpo":
     from launch import diffusion_train
     return diffusion_train.train(config)
+  if objective_of(config) == "video_dpo":
+    from launch import video_train
+    return video_train.train(config)
   tokenizer_file = _tokenizer_file(config)
   tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
   model = model_config(config, tokenizer)

@@ -4,93 +4,37 @@ loaded, and the pipeline's video equals the PyTorch re-statements driven by the 
 parameter perturbed); the tokenizer equals open_clip's; export writes back every tensor bit for bit; bad files
 fail naming what is wrong."""
 
-import gzip
 import json
 
 import av
-import diffusers
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-import yaml
 
 import ureward_jax
-from converters import sdxl, t2v_turbo, torch_checkpoint
+from converters import t2v_turbo, torch_checkpoint
 from converters.common import ConversionError
+from tests import tiny_t2v
 from tests.generation.test_lcm import RestatedScheduler
-from tests.models.test_unet3d import perturbed
-from tests.models.test_videocrafter import TINY
 from tests.parity import max_rel
 from tests.tiny_sdxl import MERGES
-from tests.video_reference import OpenCLIPText, UNetModel, simple_tokenize
+from tests.tiny_t2v import VOCAB, WIDTH
+from tests.video_reference import simple_tokenize
 from ureward_jax.cli import main
 from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
-from ureward_jax.models import unet3d, vae
+from ureward_jax.models import unet3d
 from ureward_jax.processing.video import read_frames
 
-WIDTH = 64                                       # OpenCLIP heads are 64 wide: one head
-UNET = {**TINY, "context_dim": WIDTH}
-VOCAB = 512 + len(MERGES) + 2
 PROMPTS = ["the red cat!", "The DOG &amp; the  blue cat", "x " * 100, "", "and!!"]
 STEPS, FRAMES, HEIGHT, WIDTH_PX = 4, 3, 32, 48
 
 
-class Settings:
-  """Stands for a Lightning checkpoint's pickled hyper-parameters: a class the reader must not need."""
-
-
-def _schedule_buffers(betas):
-  ac = np.cumprod(1 - betas)
-  return {"betas": torch.tensor(betas, dtype=torch.float32), "alphas_cumprod": torch.tensor(ac, dtype=torch.float32),
-          "alphas_cumprod_prev": torch.tensor(np.append(1.0, ac[:-1]), dtype=torch.float32),
-          "scale_factor": torch.tensor(0.18215)}
-
-
-VC2_BETAS = np.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=np.float64) ** 2
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-  root = tmp_path_factory.mktemp("t2v")
-  torch.manual_seed(0)
-  unet = perturbed(UNetModel(**UNET), 1)
-  text = perturbed(OpenCLIPText(vocab_size=VOCAB, width=WIDTH, layers=3, embed_dim=32), 2)
-  autoencoder = perturbed(diffusers.AutoencoderKL(
-      block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=32, down_block_types=("DownEncoderBlock2D",) * 2,
-      up_block_types=("UpDecoderBlock2D",) * 2), 3)
-  vae_config = vae.AutoencoderKLConfig.from_dict(dict(autoencoder.config))
-  vae_tensors = t2v_turbo.export_vae(sdxl.params_from_tensors(
-      {k: v.numpy() for k, v in autoencoder.state_dict().items()}, vae.param_shapes(vae_config)), vae_config)
-
-  config = unet3d.VideoCrafterUNetConfig.from_dict(UNET)
-  # Copies: `load_state_dict` below writes the merged weights into the very tensors `.numpy()` would share.
-  base = {t2v_turbo.UNET_PREFIX + k: v.numpy().copy() for k, v in unet.state_dict().items()
-          if "time_cond_proj" not in k}
-  g, lora = torch.Generator().manual_seed(4), []
-  for name in t2v_turbo.lora_targets(config):
-    weight = unet.state_dict()[name + ".weight"]
-    lora += [0.1 * torch.randn(weight.shape[0], 4, *(1,) * (weight.ndim - 2), generator=g),
-             0.1 * torch.randn(4, *weight.shape[1:], generator=g)]
-  merged = t2v_turbo.merge_lora(base, [t.numpy() for t in lora], config)
-  unet.load_state_dict({k.removeprefix(t2v_turbo.UNET_PREFIX): torch.from_numpy(v) for k, v in merged.items()})
-
-  text_tensors = {t2v_turbo.TEXT_PREFIX + k: v for k, v in text.state_dict().items()}
-  state = {**{k: torch.from_numpy(v) for k, v in {**base, **vae_tensors}.items()}, **text_tensors,
-           **_schedule_buffers(VC2_BETAS)}
-  torch.save({"state_dict": state, "epoch": 3, "hyper_parameters": Settings()}, root / "model.ckpt")
-  torch.save(lora, root / "unet_lora.pt")
-  with gzip.open(root / "bpe.txt.gz", "wt", encoding="utf-8") as f:
-    f.write("\n".join(["#version: test"] + [" ".join(m) for m in MERGES]) + "\n")
-  # The UNet's layout is not in its tensors: the model's yaml gives it (here only the toy's own values).
-  (root / "config.yaml").write_text(yaml.safe_dump({"model": {"params": {"unet_config": {"params": dict(
-      UNET, channel_mult=list(UNET["channel_mult"]), attention_resolutions=list(UNET["attention_resolutions"]),
-      use_linear=True, temporal_conv=True)}}}}))
-  t2v_turbo.main(["--src", str(root / "model.ckpt"), "--lora", str(root / "unet_lora.pt"), "--tokenizer",
-                  str(root / "bpe.txt.gz"), "--config", str(root / "config.yaml"), "--dst", str(root / "converted")])
-  return dict(root=root, unet=unet, text=text, vae=autoencoder, state=state, merged=merged,
-              vae_tensors=vae_tensors, pipeline=ureward_jax.load(root / "converted"))
+  made = tiny_t2v.build(tmp_path_factory.mktemp("t2v"))
+  return made | {"pipeline": ureward_jax.load(made["folder"])}
 
 
 def test_tokenizer_is_open_clips(made):
@@ -134,7 +78,7 @@ def test_video_matches_the_restated_pipeline(made):
 
 def test_export_restores_every_tensor(made):
   back = made["root"] / "back.ckpt"
-  t2v_turbo.main(["--export", "--src", str(made["root"] / "converted"), "--dst", str(back)])
+  t2v_turbo.main(["--export", "--src", str(made["folder"]), "--dst", str(back)])
   tensors = torch.load(back, weights_only=True)["state_dict"]
   want = {**made["merged"], **made["vae_tensors"],
           **{k: v.numpy() for k, v in made["state"].items() if k.startswith(t2v_turbo.TEXT_PREFIX)}}
@@ -168,7 +112,7 @@ def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
       "no tokenizer": ({"state_dict": state}, [], "needs its tokenizer"),
       "stray tensor": ({"state_dict": {**state, "model_ema.decay": torch.tensor(0.9)}}, ["--tokenizer", "x"],
                        r"unexpected tensors outside the UNet, VAE and text encoder: \['model_ema.decay'\]"),
-      "other schedule": ({"state_dict": {**state, **_schedule_buffers(np.linspace(1e-4, 0.02, 1000))}},
+      "other schedule": ({"state_dict": {**state, **tiny_t2v.schedule_buffers(np.linspace(1e-4, 0.02, 1000))}},
                          ["--tokenizer", "x"], "noise schedule 'alphas_cumprod' is not VideoCrafter2's"),
       "no reference": ({"state_dict": state}, ["--reference"], "does not hold"),
   }
@@ -191,7 +135,7 @@ def test_generate_writes_videos_and_candidates(made, tmp_path):
   hold the frames at the asked rate; an SDXL folder is refused for videos."""
   prompts = tmp_path / "prompts.txt"
   prompts.write_text("the red cat\nand the blue dog\n")
-  common = ["generate", "--task", "video", "--model", str(made["root"] / "converted"), "--prompts", str(prompts),
+  common = ["generate", "--task", "video", "--model", str(made["folder"]), "--prompts", str(prompts),
             "--num-per-prompt", "2", "--frames", str(FRAMES), "--height", str(HEIGHT), "--width", str(WIDTH_PX),
             "--batch-size", "4", "--seed", "5"]
   assert main(common + ["--video-format", "frames", "--out", str(tmp_path / "frames")]) == 0

@@ -12,13 +12,18 @@ pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `ma
 import configs.demo as demo_config  # noqa: E402
 import configs.dpo_llava_ov_7b as dpo_config  # noqa: E402
 import configs.dpo_sdxl_turbo as sdxl_dpo_config  # noqa: E402
+import configs.dpo_t2v_turbo as t2v_dpo_config  # noqa: E402
 import configs.reward_llava_ov_7b as reward_config  # noqa: E402
-from launch.aot import compile_diffusion_step, compile_train_step, topology_devices  # noqa: E402
+from launch.aot import compile_diffusion_step, compile_train_step, compile_video_step, topology_devices  # noqa: E402
 from tests import tiny_sdxl  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
+from tests.models.test_videocrafter import TINY  # noqa: E402
+from ureward_jax.models import unet3d  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, param_shapes  # noqa: E402
 from ureward_jax.models.unet2d import UNet2DConditionConfig  # noqa: E402
 from ureward_jax.models.unet2d import param_shapes as unet_param_shapes  # noqa: E402
+from ureward_jax.models.unet3d import VideoCrafterUNetConfig  # noqa: E402
+from ureward_jax.train import trainable  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import param_count  # noqa: E402
 
@@ -98,3 +103,19 @@ def test_diffusion_dpo_step_compiles_with_its_reference():
   assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1} and report["pairs_per_micro_batch"] == 4
   assert report["per_device_bytes"] > 0 and report["parameters"] == param_count(unet_param_shapes(unet_config))
   assert report["replicated_param_fraction"] < 0.1
+
+
+def test_video_dpo_step_compiles_with_its_reference():
+  """The video DPO step of configs/dpo_t2v_turbo.py with a tiny VideoCrafter UNet: policy, AdamW state of the Linear
+  layers alone, a bf16 reference UNet, micro-batches of encoded 2-frame clip pairs; on two of this host's devices."""
+  config = t2v_dpo_config.get_config()
+  config.data.update(batch_size=8, height=16, width=16)
+  config.train.update(grad_accum=2)
+  config.remat = "none"   # remat itself: tests/models/test_videocrafter.py
+  unet_config = VideoCrafterUNetConfig.from_dict(TINY)
+  report = compile_video_step(config, jax.devices()[:2], unet_config, downsample=2)
+  assert report["mesh"] == {"data": 1, "fsdp": 2, "tensor": 1} and report["pairs_per_micro_batch"] == 4
+  shapes = unet3d.param_shapes(unet_config)
+  assert report["parameters"] == param_count(shapes)
+  assert report["trained_parameters"] == param_count(trainable.split(shapes, trainable.linear_layers(shapes))[0])
+  assert 0 < report["trained_parameters"] < report["parameters"] and report["per_device_bytes"] > 0

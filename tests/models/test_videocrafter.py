@@ -124,3 +124,28 @@ def test_lora_targets_are_named_modules_order_and_merging_equals_the_injected_la
   torch.testing.assert_close(merged_out, injected, rtol=1e-5, atol=1e-5)
   with pytest.raises(ConversionError, match="LoRA list holds"):
     t2v_turbo.merge_lora(tensors, lora[:-2], config)
+
+
+def test_training_mode_drops_temporal_conv_activations_and_remat_keeps_gradients():
+  """Dropout acts only with `deterministic=False`, reproducibly per rng; rematerialising every block (its frame
+  count and train flag static) leaves the training-mode gradients as they are. One level keeps compiling short."""
+  config = unet3d.VideoCrafterUNetConfig.from_dict(dict(TINY, channel_mult=(1,), attention_resolutions=(1,)))
+  params = unet3d.init_params(config, jax.random.key(0))
+  args = inputs(2, 8)
+  x, t, context, fps = (args[k].numpy() for k in ("x", "timesteps", "context", "fps"))
+  x = x.transpose(0, 2, 3, 4, 1)
+
+  def loss(p, deterministic, rng, remat="none"):
+    out = unet3d.VideoCrafterUNet(config, remat=remat).apply(
+        {"params": p}, x, t, context, fps, deterministic=deterministic, rngs={"dropout": rng})
+    return (out**2).mean()
+  value = jax.jit(loss, static_argnums=(1, 3))
+  key, other = jax.random.key(0), jax.random.key(1)
+  assert value(params, False, key) != value(params, True, key)
+  assert value(params, False, key) == value(params, False, key) != value(params, False, other)
+  gradient = jax.jit(jax.grad(loss), static_argnums=(1, 3))
+  grads, remat = gradient(params, False, key, "none"), gradient(params, False, key, "full")
+  # Against the largest gradient: a bias followed by a one-channel-per-group GroupNorm has a zero gradient up to
+  # rounding, which no relative measure of its own can compare.
+  flat = lambda tree: np.concatenate([np.ravel(leaf) for leaf in jax.tree.leaves(tree)])  # noqa: E731
+  assert max_rel(flat(remat), flat(grads)) <= 1e-5

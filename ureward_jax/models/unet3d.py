@@ -162,7 +162,8 @@ class _Layers:
     return remat(ResnetBlock2D, self.policy)(features, cfg.norm_num_groups, cfg.norm_eps, name=name, **self.kw)
 
   def temporal_conv(self, name):
-    return remat(TemporalConvLayer, self.policy)(self.config.norm_num_groups, name=name, **self.kw)
+    return remat(TemporalConvLayer, self.policy, static_argnums=(2, 3))(self.config.norm_num_groups, name=name,
+                                                                         **self.kw)
 
   def spatial(self, features, name):
     cfg = self.config
@@ -239,7 +240,8 @@ class VideoCrafterUNetConfig:
   """`openaimodel3d.UNetModel` arguments with VideoCrafter2 / T2V-Turbo (VC2)'s values (`configs/.../config.yaml`,
   `unet_config.params`). Attention happens at the downsampling factors in `attention_resolutions`, with heads of
   `num_head_channels`. `use_w_embedding` False ignores `timestep_cond`, as the UNet copy in UnifiedReward's and
-  VideoDPO's code does (its `time_cond_proj` exists but is never applied)."""
+  VideoDPO's code does (its `time_cond_proj` exists but is never applied). `temporal_conv_dropout`: the rate every
+  ResBlock's temporal conv drops at in training (0.1, fixed in the source; not its `dropout`, which is the resnets')."""
   in_channels: int = 4
   out_channels: int = 4
   model_channels: int = 320
@@ -255,6 +257,7 @@ class VideoCrafterUNetConfig:
   fps_cond: bool = True
   time_cond_proj_dim: int | None = 256
   use_w_embedding: bool = True
+  temporal_conv_dropout: float = 0.1
 
   # Source options this port implements only at these values.
   FIXED = {"use_scale_shift_norm": False, "resblock_updown": False, "use_relative_position": False,
@@ -280,8 +283,10 @@ class VideoCrafterUNetConfig:
 
 class _ResBlock(nn.Module):
   """VideoCrafter2's `ResBlock`: a resnet (openai layer names) whose output passes through the block's own temporal
-  conv, named `temopral_conv` (sic) in the source. x (B·T, H, W, C) → (B·T, H, W, features)."""
+  conv, named `temopral_conv` (sic) in the source, with its dropout in training. x (B·T, H, W, C) → (B·T, H, W,
+  features)."""
   features: int
+  dropout: float = 0.1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -289,10 +294,10 @@ class _ResBlock(nn.Module):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     self.resnet = ResnetBlock2D(self.features, GROUPS, 1e-5, OPENAI_RESNET_NAMES, **kw)
     nn.share_scope(self, self.resnet)   # its layers sit directly in this block, as in the source
-    self.temopral_conv = TemporalConvLayer(GROUPS, **kw)
+    self.temopral_conv = TemporalConvLayer(GROUPS, self.dropout, **kw)
 
-  def __call__(self, x, emb, num_frames: int):
-    return self.temopral_conv(self.resnet(x, emb), num_frames)
+  def __call__(self, x, emb, num_frames: int, deterministic: bool = True):
+    return self.temopral_conv(self.resnet(x, emb), num_frames, deterministic)
 
 
 class _Stage(nn.Module):
@@ -308,7 +313,7 @@ class _Stage(nn.Module):
   attention_backend: str = "xla"
 
   @nn.compact
-  def __call__(self, x, emb, context, num_frames: int):
+  def __call__(self, x, emb, context, num_frames: int, deterministic: bool = True):
     cfg, kw = self.config, dict(dtype=self.dtype, param_dtype=self.param_dtype)
     heads = self.features // cfg.num_head_channels
     attention = dict(remat=self.remat, attention_backend=self.attention_backend, **kw)
@@ -317,7 +322,8 @@ class _Stage(nn.Module):
       if kind == "conv":
         x = conv(self.features, 3, name=name, **kw)(x)
       elif kind == "res":
-        x = remat(_ResBlock, self.remat)(self.features, name=name, **kw)(x, emb, num_frames)
+        block = remat(_ResBlock, self.remat, static_argnums=(3, 4))
+        x = block(self.features, cfg.temporal_conv_dropout, name=name, **kw)(x, emb, num_frames, deterministic)
       elif kind == "spatial":
         x = Transformer2DModel(heads, cfg.transformer_depth, GROUPS, name=name, **attention)(x, context)
       elif kind == "temporal":
@@ -338,7 +344,8 @@ class _Stage(nn.Module):
 class VideoCrafterUNet(nn.Module):
   """sample (B, T, H, W, C_in) channels-last, timesteps (B,) or a scalar, context (B, S, context_dim), fps a number
   or (B,), and with `time_cond_proj_dim` a timestep_cond (B, time_cond_proj_dim), e.g. `guidance_embedding(w, 256)`
-  → the prediction (B, T, H, W, C_out). H and W must be multiples of 2^(levels − 1)."""
+  → the prediction (B, T, H, W, C_out). H and W must be multiples of 2^(levels − 1). `deterministic` False (training)
+  turns on the temporal convs' dropout, drawing from the "dropout" rng stream."""
   config: VideoCrafterUNetConfig
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -346,7 +353,7 @@ class VideoCrafterUNet(nn.Module):
   attention_backend: str = "xla"
 
   @nn.compact
-  def __call__(self, sample, timesteps, context, fps=16, timestep_cond=None):
+  def __call__(self, sample, timesteps, context, fps=16, timestep_cond=None, deterministic: bool = True):
     cfg = self.config
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     batch, frames, height, width, _ = sample.shape
@@ -370,7 +377,8 @@ class VideoCrafterUNet(nn.Module):
     context = jnp.repeat(context.astype(self.dtype), frames, axis=0)
 
     stage = functools.partial(_Stage, config=cfg, remat=self.remat, attention_backend=self.attention_backend, **kw)
-    run = lambda kinds, features, name: stage(kinds, features, name=name)(x, emb, context, frames)  # noqa: E731
+    run = lambda kinds, features, name: stage(kinds, features, name=name)(x, emb, context, frames,  # noqa: E731
+                                                                          deterministic)
     x = sample.astype(self.dtype).reshape(batch * frames, height, width, -1)
     x = run(("conv",), cfg.model_channels, "input_blocks_0")
     if cfg.addition_attention:

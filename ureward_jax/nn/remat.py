@@ -29,6 +29,9 @@ def remat_policy(name: str):
   return POLICIES[name]
 
 
-def remat(module: type[nn.Module], policy: str) -> type[nn.Module]:
-  """`module` rematerialised in the backward pass with the named policy; unchanged for "none"."""
-  return module if policy == "none" else nn.remat(module, policy=remat_policy(policy), prevent_cse=False)
+def remat(module: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+  """`module` rematerialised in the backward pass with the named policy; unchanged for "none". `static_argnums`:
+  the positions of `__call__`'s Python arguments (a frame count, a train flag), `self` being 0."""
+  if policy == "none":
+    return module
+  return nn.remat(module, policy=remat_policy(policy), prevent_cse=False, static_argnums=static_argnums)

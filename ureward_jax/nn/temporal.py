@@ -32,20 +32,24 @@ def _frames(x: jax.Array, num_frames: int) -> jax.Array:
 
 class TemporalConvLayer(nn.Module):
   """x (B·T, H, W, C) → x + conv4(conv3(conv2(conv1(x)))), each conv_i = GN (eps 1e-5) → SiLU → Conv3d (3, 1, 1)
-  zero-padded in time; sub-module names are the source `nn.Sequential` indices (dropout, index 2 of conv2–4, is off
-  here as in evaluation)."""
+  zero-padded in time; sub-module names are the source `nn.Sequential` indices. conv2–4 drop activations before
+  their convolution with probability `dropout` (index 2) unless `deterministic` (evaluation); the rng stream is
+  "dropout". Both sources use 0.1."""
   groups: int
+  dropout: float = 0.1
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, num_frames: int):
+  def __call__(self, x, num_frames: int, deterministic: bool = True):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     x = checkpoint_name(x, "layer_input")
     video = _frames(x, num_frames)
     h = video
     for i, conv_index in enumerate((2, 3, 3, 3), start=1):
       h = jax.nn.silu(group_norm(self.groups, 1e-5, name=f"conv{i}_0", **kw)(h))
+      if i > 1:
+        h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
       h = nn.Conv(video.shape[-1], (3, 1, 1), padding=((1, 1), (0, 0), (0, 0)), name=f"conv{i}_{conv_index}",
                   kernel_init=logical(nn.initializers.lecun_normal(), (None, None, None, "conv_in", "conv_out")),
                   bias_init=logical(nn.initializers.zeros, ("conv_out",)), **kw)(h)

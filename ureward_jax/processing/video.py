@@ -1,12 +1,14 @@
-"""Video frames from a file (PyAV, the `video` extra) or a folder of frame images, sampled uniformly.
+"""Video frames from a file (PyAV, the `video` extra) or a folder of frame images, and videos written back.
 
-Frame choice follows LLaVA-NeXT: `np.linspace(0, n - 1, k, dtype=int)` over the n frames (decoded frames of a
-file, sorted files of a folder), so the first and last frames are always taken.
+`read_frames` samples as LLaVA-NeXT does: `np.linspace(0, n - 1, k, dtype=int)` over the n frames (decoded frames
+of a file, sorted files of a folder), so the first and last frames are always taken; `read_clip` takes whichever
+frames a rule chooses (VideoDPO's strided clips).
 """
 
 from __future__ import annotations
 
 import os
+from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -19,10 +21,16 @@ def frame_indices(total: int, num_frames: int) -> np.ndarray:
 
 
 def read_frames(path: str, num_frames: int = 8) -> np.ndarray:
-  """(num_frames, H, W, 3) uint8 RGB frames of a video file or a folder of frame images.
+  """(num_frames, H, W, 3) uint8 RGB frames of a video file or a folder of frame images, sampled uniformly.
 
   Raises FileNotFoundError for a missing path and ValueError for a video without frames or an unreadable one.
   """
+  return read_clip(path, lambda total: frame_indices(total, num_frames))
+
+
+def read_clip(path: str, choose: Callable[[int], Sequence[int]]) -> np.ndarray:
+  """(K, H, W, 3) uint8 RGB frames `choose(total)` of a video file or a folder of frame images (sorted by name);
+  `total` is the number of frames (decoded frames of a file, images of a folder). Errors as `read_frames`."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"video not found: {path}")
   if os.path.isdir(path):
@@ -30,7 +38,7 @@ def read_frames(path: str, num_frames: int = 8) -> np.ndarray:
     if not files:
       raise ValueError(f"video folder {path} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
     frames = []
-    for i in frame_indices(len(files), num_frames):
+    for i in choose(len(files)):
       with Image.open(os.path.join(path, files[i])) as image:
         frames.append(np.asarray(image.convert("RGB")))
     if len({f.shape for f in frames}) > 1:
@@ -47,7 +55,7 @@ def read_frames(path: str, num_frames: int = 8) -> np.ndarray:
     raise ValueError(f"cannot decode video {path}: {e}") from None
   if not decoded:
     raise ValueError(f"video {path} has no frames")
-  return np.stack([decoded[i] for i in frame_indices(len(decoded), num_frames)])
+  return np.stack([decoded[i] for i in choose(len(decoded))])
 
 
 def write_video(frames: np.ndarray, path: str, fps: float = 8, crf: int = 10) -> None:

@@ -1,8 +1,9 @@
-"""Optimiser, learning-rate schedule and module freezing for reward-model training.
+"""Optimisers, learning-rate schedules and module freezing.
 
 AdamW with global-norm clipping and the transformers Trainer's schedules (linear warm-up over
 ceil(warmup_ratio · steps) steps, then cosine or linear decay to 0, or constant). Freezing follows LLaVA-NeXT's
-`mm_tunable_parts`: a frozen part gets no update and no optimiser state beyond zeros.
+`mm_tunable_parts`: a frozen part gets no update and no optimiser state beyond zeros. `one_cycle_adamw` is torch's
+AdamW under `OneCycleLR`, the video DPO run's optimiser.
 """
 
 from __future__ import annotations
@@ -35,6 +36,41 @@ def learning_rate_schedule(lr: float, num_steps: int, schedule: str = "cosine", 
   else:
     raise ValueError(f"unknown schedule {schedule!r}; expected cosine, linear or constant")
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+              final_div_factor: float = 1e4, base_momentum: float = 0.85, max_momentum: float = 0.95):
+  """(learning-rate schedule, momentum schedule) of torch's `OneCycleLR` (two phases, cosine annealing, momentum
+  cycled), by optimiser step. The rate rises from max_lr / div_factor to max_lr by step pct_start · total − 1, then
+  falls to max_lr / (div_factor · final_div_factor) at step total − 1; the momentum (Adam's β₁) moves the other way,
+  max → base → max. Each phase is annealed by end + (start − end)(1 + cos(π · pct)) / 2 of its share pct."""
+  peak_step, last_step = float(pct_start * total_steps) - 1, total_steps - 1
+  if not 0 < peak_step < last_step:
+    raise ValueError(f"one-cycle schedule: pct_start {pct_start} of {total_steps} steps leaves no room for both "
+                     "phases; train more steps or change pct_start")
+  initial = max_lr / div_factor
+
+  def annealed(start, peak, end):
+    def at(step):
+      step = jnp.asarray(step, jnp.float32)
+      rise = jnp.clip(step / peak_step, 0.0, 1.0)
+      fall = jnp.clip((step - peak_step) / (last_step - peak_step), 0.0, 1.0)
+      cosine = lambda a, b, pct: b + (a - b) / 2 * (jnp.cos(jnp.pi * pct) + 1)  # noqa: E731
+      return jnp.where(step <= peak_step, cosine(start, peak, rise), cosine(peak, end, fall))
+    return at
+  return (annealed(initial, max_lr, initial / final_div_factor),
+          annealed(max_momentum, base_momentum, max_momentum))
+
+
+def one_cycle_adamw(max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
+                    final_div_factor: float = 1e4, weight_decay: float = 1e-2, b2: float = 0.999, eps: float = 1e-8,
+                    clip_norm: float | None = None) -> optax.GradientTransformation:
+  """torch's `AdamW(params, lr)` (weight decay 1e-2 on every parameter, by default) stepped by `OneCycleLR` with
+  its defaults' momentum cycling: β₁ follows `one_cycle`'s momentum schedule, as torch writes it into `betas`."""
+  lr, momentum = one_cycle(max_lr, total_steps, pct_start, div_factor, final_div_factor)
+  adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=lr, b1=momentum, b2=b2, eps=eps,
+                                                weight_decay=weight_decay)
+  return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
 
 
 def trainable_labels(params: dict, parts: Sequence[str] = ALL_PARTS) -> dict:
