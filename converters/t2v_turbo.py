@@ -421,6 +421,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
   if has_text and tokenizer is None:
     raise ConversionError("a pipeline needs its tokenizer: pass --tokenizer with open_clip's "
                           "bpe_simple_vocab_16e6.txt.gz or a CLIP tokenizer folder (vocab.json, merges.txt)")
+  if has_text and not Path(tokenizer).exists():
+    raise ConversionError(f"tokenizer source {tokenizer} does not exist")
   vae_settings = _checked_buffers(tensors, tuple(present))
   yaml_params = None
   if config is not None:
@@ -433,29 +435,28 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
   source = {"format": "latent-diffusion", "checkpoint": src.name, "unet_prefix": prefix,
             "lora": None if lora is None else Path(lora).name, "lora_scale": lora_scale}
 
-  steps = tqdm(total=3 if has_vae else 1, desc="components", unit="model")
-  unet_tensors = {n: t for n, t in tensors.items() if n.startswith(prefix)}
-  if lora is not None:
-    weights = torch_checkpoint.load(lora)
-    if not isinstance(weights, (list, tuple)) or not all(hasattr(w, "load") for w in weights):
-      raise ConversionError(f"{lora}: not a T2V-Turbo LoRA file (a list of up, down tensors)")
-    unet_tensors = merge_lora({n: t.load() for n, t in unet_tensors.items()}, [w.load() for w in weights], cfg,
-                              prefix, lora_scale)
-  unet_folder = dst / "unet" if has_vae else dst
-  unet = {"model_type": "videocrafter_unet", **cfg.to_dict(), "source": source}
-  pretrained.save(unet_folder, unet, unet_params(unet_tensors, cfg, prefix, dtype))
-  steps.update()
-  if not has_vae:
-    return unet
-  vae_config = ldm_vae_config(tensors, **vae_settings)
-  pretrained.save(dst / "vae", {"model_type": "autoencoder_kl", **vae_config.to_dict()},
-                  vae_params(tensors, vae_config, dtype=dtype))
-  steps.update()
-  text_config, text_params = openclip_text_params({n: t for n, t in tensors.items() if n.startswith(TEXT_PREFIX)},
-                                                  TEXT_PREFIX, dtype)
-  pretrained.save(dst / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
-  steps.update()
-  steps.close()
+  with tqdm(total=3 if has_vae else 1, desc="components", unit="model") as steps:
+    unet_tensors = {n: t for n, t in tensors.items() if n.startswith(prefix)}
+    if lora is not None:
+      weights = torch_checkpoint.load(lora)
+      if not isinstance(weights, (list, tuple)) or not all(hasattr(w, "load") for w in weights):
+        raise ConversionError(f"{lora}: not a T2V-Turbo LoRA file (a list of up, down tensors)")
+      unet_tensors = merge_lora({n: t.load() for n, t in unet_tensors.items()}, [w.load() for w in weights], cfg,
+                                prefix, lora_scale)
+    unet_folder = dst / "unet" if has_vae else dst
+    unet = {"model_type": "videocrafter_unet", **cfg.to_dict(), "source": source}
+    pretrained.save(unet_folder, unet, unet_params(unet_tensors, cfg, prefix, dtype))
+    steps.update()
+    if not has_vae:
+      return unet
+    vae_config = ldm_vae_config(tensors, **vae_settings)
+    pretrained.save(dst / "vae", {"model_type": "autoencoder_kl", **vae_config.to_dict()},
+                    vae_params(tensors, vae_config, dtype=dtype))
+    steps.update()
+    text_config, text_params = openclip_text_params({n: t for n, t in tensors.items() if n.startswith(TEXT_PREFIX)},
+                                                    TEXT_PREFIX, dtype)
+    pretrained.save(dst / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
+    steps.update()
   write_tokenizer(tokenizer, dst / "tokenizer")
   ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "scheduler": SCHEDULER, "source": source}
   (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))

@@ -107,14 +107,15 @@ def test_a_reference_unet_file_becomes_a_unet_folder(made, tmp_path):
 
 
 def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
-  state = made["state"]
+  state, tokenizer = made["state"], str(made["root"] / "bpe.txt.gz")
   cases = {
       "no tokenizer": ({"state_dict": state}, [], "needs its tokenizer"),
-      "stray tensor": ({"state_dict": {**state, "model_ema.decay": torch.tensor(0.9)}}, ["--tokenizer", "x"],
+      "stray tensor": ({"state_dict": {**state, "model_ema.decay": torch.tensor(0.9)}}, ["--tokenizer", tokenizer],
                        r"unexpected tensors outside the UNet, VAE and text encoder: \['model_ema.decay'\]"),
       "other schedule": ({"state_dict": {**state, **tiny_t2v.schedule_buffers(np.linspace(1e-4, 0.02, 1000))}},
-                         ["--tokenizer", "x"], "noise schedule 'alphas_cumprod' is not VideoCrafter2's"),
+                         ["--tokenizer", tokenizer], "noise schedule 'alphas_cumprod' is not VideoCrafter2's"),
       "no reference": ({"state_dict": state}, ["--reference"], "does not hold"),
+      "no tokenizer file": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "nowhere.gz")], "does not exist"),
   }
   for name, (content, flags, message) in cases.items():
     torch.save(content, tmp_path / "bad.ckpt")
@@ -124,7 +125,7 @@ def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
   torch.save({"state_dict": dropped}, tmp_path / "dropped.ckpt")
   with pytest.raises(SystemExit, match=r"missing tensor 'model.diffusion_model.input_blocks.1.0.in_layers.2.bias'"):
     t2v_turbo.main(["--src", str(tmp_path / "dropped.ckpt"), "--config", str(made["root"] / "config.yaml"),
-                    "--tokenizer", "x", "--dst", str(tmp_path / "dropped")])
+                    "--tokenizer", tokenizer, "--dst", str(tmp_path / "dropped")])
   (tmp_path / "old.ckpt").write_bytes(b"\x80\x02not a zip")
   with pytest.raises(ConversionError, match="not a torch zip checkpoint"):
     torch_checkpoint.state_dict(tmp_path / "old.ckpt")
