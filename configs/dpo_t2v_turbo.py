@@ -27,8 +27,9 @@ def get_config():
   c.model = ml_collections.ConfigDict(dict(checkpoint="", dtype="bfloat16"))
   # `train`: {"caption", "chosen", "rejected", "score"?} rows, as `ureward build-pairs --task video_generation`
   # writes; videos are mp4 files or folders of frames, relative to `video_folder` (default: the file's folder).
+  # Videos of another size than height × width are resized to it (VideoDPO's), or with center_crop scaled and cropped.
   c.data = ml_collections.ConfigDict(dict(train="", video_folder="", batch_size=256, video_length=2, frame_stride=4,
-                                          height=320, width=512, caption_dropout=0.2, workers=8))
+                                          height=320, width=512, center_crop=False, caption_dropout=0.2, workers=8))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   c.train = ml_collections.ConfigDict(dict(objective="video_dpo", num_steps=0, num_epochs=5, log_every=1,
                                            grad_accum=4))

@@ -110,7 +110,7 @@ class FrozenEncoders:
 def clip_config(config) -> ClipConfig:
   d = config.data
   return ClipConfig(video_length=d.video_length, frame_stride=d.frame_stride, height=d.height, width=d.width,
-                    caption_dropout=d.caption_dropout, dupbeta=config.video_dpo.dupbeta)
+                    caption_dropout=d.caption_dropout, dupbeta=config.video_dpo.dupbeta, center_crop=d.center_crop)
 
 
 def _reference(config, params, shardings, unet_config):

@@ -14,6 +14,7 @@ from ureward_jax.data.video_pairs import (
   ClipConfig,
   clip_positions,
   load_video_pairs,
+  read_video_clip,
   video_pair_batches,
 )
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
@@ -87,6 +88,19 @@ def test_batches_are_deterministic_and_resume_by_index(data):
   levels = np.round((b["pixels"][:, :, 0, 0, 0, 0] / 2 + 0.5) * 255).astype(int) % 10
   ok = b["weight"] > 0
   assert (levels[:, :2][ok] == 0).all() and (levels[:, 2:][ok] == 1).all()
+
+
+def test_other_sizes_are_resized_or_centre_cropped(tmp_path):
+  """A 16 × 64 video (16 columns black, 32 grey, 16 white) into an 8 × 12 clip: stretched, all three bands stay;
+  scaled to cover (8 × 32) and centre-cropped, only the grey middle remains."""
+  band = np.repeat(np.array([0, 128, 255], np.uint8), [16, 32, 16])[None, :, None].repeat(16, 0).repeat(3, 2)
+  write_frame_folder(np.stack([band] * 4), str(tmp_path / "v"))
+  rng = np.random.default_rng(0)
+  stretched = read_video_clip(str(tmp_path / "v"), CLIP, rng)
+  cropped = read_video_clip(str(tmp_path / "v"), ClipConfig(**{**CLIP.__dict__, "center_crop": True}), rng)
+  assert stretched.shape == cropped.shape == (2, 8, 12, 3)
+  assert stretched[0, 0, 0, 0] == -1 and stretched[0, 0, -1, 0] == 1
+  np.testing.assert_allclose(cropped, 128 / 255 * 2 - 1, atol=1e-6)
 
 
 def test_bad_rows_are_refused(tmp_path):

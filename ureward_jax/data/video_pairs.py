@@ -6,8 +6,9 @@ Records are what `ureward build-pairs --task video_generation` writes: `{"id"?, 
 
 Each clip is VideoDPO's (`data/video_data.py`): the frame positions 0, s, 2s, … (s = `frame_stride`; every frame when
 that gives fewer than `video_length`), `video_length` consecutive ones of them from a random start, each clip of the
-pair with its own start; frames at `height` × `width` (resized bilinearly where a video has another size:
-UnifiedReward's T2V-Turbo videos are generated at the clip size, so none is) mapped to [−1, 1]. The caption is
+pair with its own start; frames at `height` × `width` mapped to [−1, 1]. A video of another size is resized to it
+bilinearly, as VideoDPO's reader does (aspect not kept), or with `center_crop` scaled to cover it and centre-cropped;
+UnifiedReward's T2V-Turbo videos are generated at the clip size, so neither happens there. The caption is
 replaced by "" with probability `caption_dropout` for the pair (VideoDPO's `uncond_prob`); each pair's loss factor
 is (0.72 / score)^dupbeta, score 1 when the record has none (VideoDPO's re-weighting; 0.72 for UnifiedReward's
 pairs). Random draws come from a generator seeded by (seed, record, epoch). A pair whose video cannot be read, or
@@ -41,6 +42,7 @@ class ClipConfig:
   width: int = 512
   caption_dropout: float = 0.2
   dupbeta: float = 1.0
+  center_crop: bool = False
 
 
 def load_video_pairs(path: str, video_folder: str | None = None) -> list[dict]:
@@ -79,9 +81,15 @@ def clip_positions(total: int, clip: ClipConfig, rng: np.random.Generator) -> li
 def read_video_clip(path: str, clip: ClipConfig, rng: np.random.Generator) -> np.ndarray:
   """(video_length, height, width, 3) float32 in [−1, 1]: the clip `clip_positions` picks from `path`."""
   frames = read_clip(path, lambda total: clip_positions(total, clip, rng))
-  if frames.shape[1:3] != (clip.height, clip.width):
-    frames = np.stack([np.asarray(Image.fromarray(f).resize((clip.width, clip.height), Image.Resampling.BILINEAR))
-                       for f in frames])
+  height, width = frames.shape[1:3]
+  if (height, width) != (clip.height, clip.width):
+    size = (clip.width, clip.height)
+    if clip.center_crop:
+      scale = max(clip.height / height, clip.width / width)
+      size = (max(clip.width, round(width * scale)), max(clip.height, round(height * scale)))
+    frames = np.stack([np.asarray(Image.fromarray(f).resize(size, Image.Resampling.BILINEAR)) for f in frames])
+    top, left = (frames.shape[1] - clip.height) // 2, (frames.shape[2] - clip.width) // 2
+    frames = frames[:, top:top + clip.height, left:left + clip.width]
   return (frames.astype(np.float32) / 255 - 0.5) * 2
 
 
