@@ -48,8 +48,8 @@ def make_loss_fn(module: VideoCrafterUNet, beta: float, alphas_cumprod: np.ndarr
     latents = diffusion_dpo.sample_latents(posterior_rng, mb, scaling_factor)
     noisy, timesteps, noise = diffusion_dpo.noised_pairs(noise_rng, latents, alphas_cumprod, timestep_values, paired)
     context = jnp.concatenate([mb["context"], mb["context"]])   # one caption for both clips of a pair
-    model_pred = module.apply({"params": diffusion_dpo.in_compute_dtype(params, module.dtype)}, noisy, timesteps,
-                              context, fps, deterministic=not training, rngs={"dropout": dropout_rng})
+    model_pred = module.apply({"params": params}, noisy, timesteps, context, fps, deterministic=not training,
+                              rngs={"dropout": dropout_rng})
     ref_pred = jax.lax.stop_gradient(module.apply({"params": reference_params}, noisy, timesteps, context, fps))
     return diffusion_dpo.diffusion_dpo_loss(model_pred, ref_pred, noise, beta, mb.get("weight"), mb.get("factor"),
                                             keep_axis=WIDTH_AXIS if keep_width else None)
