@@ -122,9 +122,7 @@ def compile_diffusion_step(config, devices, unet_config: unet2d.UNet2DConditionC
   state, opt_shardings = _optimizer_state(optimizer, params, shardings, mesh)
   batch = diffusion_train.pair_shapes(config, unet_config, micro, downsample, parallel.data_sharding(mesh, 1))
   step = diffusion_train.training_step(config, unet_config, optimizer, AutoencoderKLConfig.scaling_factor)
-  with parallel.activation_rules(mesh):
-    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
-    compiled = jitted.lower(params, state, batch, reference, jax.random.key(0)).compile()
+  compiled = _compile_pair_step(step, params, state, batch, reference, shardings, opt_shardings, mesh)
   return dict(_memory_report(compiled, devices, mesh), parameters=param_count(params),
               replicated_param_fraction=parallel.replicated_fraction(params, shardings),
               pairs_per_micro_batch=micro, compile_seconds=round(time.perf_counter() - start, 1))
@@ -145,18 +143,24 @@ def compile_video_step(config, devices, unet_config: unet3d.VideoCrafterUNetConf
   reference = _cast(params, config.video_dpo.reference_dtype)
   mask = video_train.train_mask(config, params)
   trained, trained_shardings = trainable.split(params, mask)[0], trainable.split(shardings, mask)[0]
+  # The schedule's length changes no shape; one-cycle needs some steps to be defined at all.
   optimizer, _ = video_train.make_optimizer(config, max(config.train.num_steps, 10))
   start = time.perf_counter()
   state, opt_shardings = _optimizer_state(optimizer, trained, trained_shardings, mesh)
   batch = video_train.pair_shapes(config, unet_config, micro, downsample, parallel.data_sharding(mesh, 1))
   step = video_train.training_step(config, unet_config, optimizer, LDM_VAE.scaling_factor, SCHEDULER, mask)
-  with parallel.activation_rules(mesh):
-    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
-    compiled = jitted.lower(params, state, batch, reference, jax.random.key(0)).compile()
+  compiled = _compile_pair_step(step, params, state, batch, reference, shardings, opt_shardings, mesh)
   return dict(_memory_report(compiled, devices, mesh), parameters=param_count(params),
               trained_parameters=param_count(trained),
               replicated_param_fraction=parallel.replicated_fraction(params, shardings),
               pairs_per_micro_batch=micro, compile_seconds=round(time.perf_counter() - start, 1))
+
+
+def _compile_pair_step(step, params, state, batch, reference, shardings, opt_shardings, mesh):
+  """A diffusion pair step compiled as the launches jit it: params and state donated, the reference not."""
+  with parallel.activation_rules(mesh):
+    jitted = jax.jit(step, out_shardings=(shardings, opt_shardings, None), donate_argnums=(0, 1))
+    return jitted.lower(params, state, batch, reference, jax.random.key(0)).compile()
 
 
 def _placed(boxed_shapes, mesh):

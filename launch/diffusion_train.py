@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 
 import jax
@@ -24,6 +23,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from launch.train import num_steps_of
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.encoded_pairs import check_encoded, encoded_batches, settings_for
 from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
@@ -143,9 +143,7 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
                100 * parallel.replicated_fraction(params))
 
   records = load_pairs(config.data.train, config.data.get("image_folder") or None)
-  num_steps = config.train.num_steps
-  if config.train.get("num_epochs"):
-    num_steps = math.ceil(config.train.num_epochs * len(records) / config.data.batch_size)
+  num_steps = num_steps_of(config, len(records))
   optimizer, lr = make_optimizer(config, num_steps)
   logging.info("%d pairs, %d steps, peak learning rate %g", len(records), num_steps, lr)
   opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)

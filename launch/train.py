@@ -93,6 +93,15 @@ def objective_of(config) -> str:
   return objective
 
 
+def num_steps_of(config, num_records: int) -> int:
+  """Optimiser steps: `train.num_epochs` passes over the records (rounded up) when set, else `train.num_steps`."""
+  if not config.train.get("num_epochs"):
+    return config.train.num_steps
+  num_steps = math.ceil(config.train.num_epochs * num_records / config.data.batch_size)
+  logging.info("%s epochs of %d records: %d steps", config.train.num_epochs, num_records, num_steps)
+  return num_steps
+
+
 def sequences_per_micro_batch(config, mesh) -> int:
   """Sequences in one micro-batch: batch_size / grad_accum, twice that for DPO pairs, whose chosen and rejected
   rows must share a device."""
@@ -192,10 +201,7 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
                100 * parallel.replicated_fraction(params))
   objective = objective_of(config)
   records = load_mixture(config.data.train, config.data.get("image_folder") or None, seed=config.seed)
-  num_steps = config.train.num_steps
-  if config.train.get("num_epochs"):
-    num_steps = math.ceil(config.train.num_epochs * len(records) / config.data.batch_size)
-    logging.info("%s epochs of %d records: %d steps", config.train.num_epochs, len(records), num_steps)
+  num_steps = num_steps_of(config, len(records))
   if config.optim.name != "adamw":
     raise ValueError(f"optim.name {config.optim.name!r} is not supported for reward training; use adamw")
   optimizer = make_optimizer(params, config.optim.lr, num_steps, config.optim.schedule, config.optim.warmup_ratio,

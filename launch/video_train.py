@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 import os
 
 import jax
@@ -23,6 +22,7 @@ import ml_collections
 from absl import logging
 
 from launch.diffusion_train import load_component, pairs_per_micro_batch, run_pairs, start_workdir
+from launch.train import num_steps_of
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.image_pairs import PairDataConfig
 from ureward_jax.data.video_pairs import ClipConfig, load_video_pairs, video_pair_batches
@@ -39,13 +39,6 @@ def check_pipeline_folder(folder: str) -> None:
   if not folder or pretrained.read_config(folder).get("model_type") != "t2v_turbo":
     raise ValueError(f"model.checkpoint {folder!r} is not a converted T2V-Turbo pipeline folder "
                      "(python -m converters.t2v_turbo --src MODEL.ckpt --dst DIR)")
-
-
-def num_steps_of(config, num_records: int) -> int:
-  """Optimiser steps: `train.num_epochs` passes over the pairs (rounded up), else `train.num_steps`."""
-  if config.train.get("num_epochs"):
-    return math.ceil(config.train.num_epochs * num_records / config.data.batch_size)
-  return config.train.num_steps
 
 
 def make_optimizer(config, num_steps: int):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -429,19 +429,28 @@ def param_shapes(config: UNet3DConditionConfig | VideoCrafterUNetConfig, boxed: 
 
 
 @dataclasses.dataclass
-class UNet3D:
-  """A loaded video UNet: `config`, `params`, the Flax `module`, and diffusers-compatible `forward`."""
-  config: UNet3DConditionConfig
+class _Loaded:
+  """A loaded UNet of `module_class`: `config`, `params`, the Flax `module` and its jitted `apply`."""
+  config: Any
   params: Any
-  module: UNet3DConditionModel
+  module: nn.Module
+  module_class: ClassVar[type[nn.Module]]
 
   @classmethod
-  def from_params(cls, config: UNet3DConditionConfig, params, dtype=jnp.float32, **module_kwargs):
-    return cls(config, params, UNet3DConditionModel(config, dtype=dtype, **module_kwargs))
+  def from_params(cls, config, params, dtype=jnp.float32, **module_kwargs):
+    return cls(config, params, cls.module_class(config, dtype=dtype, **module_kwargs))
 
   @functools.cached_property
   def _jitted(self):
     return jax.jit(self.module.apply)
+
+
+@dataclasses.dataclass
+class UNet3D(_Loaded):
+  """A loaded diffusers video UNet, with diffusers-compatible `forward`."""
+  config: UNet3DConditionConfig
+  module: UNet3DConditionModel
+  module_class: ClassVar[type[nn.Module]] = UNet3DConditionModel
 
   def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None) -> np.ndarray:
     """The prediction (B, C, T, H, W) for diffusers' arguments: sample (B, C, T, H, W), timestep a number or (B,),
@@ -454,19 +463,11 @@ class UNet3D:
 
 
 @dataclasses.dataclass
-class VideoCrafter:
-  """A loaded VideoCrafter2 UNet: `config`, `params`, the Flax `module`, and `forward` with `UNetModel`'s arguments."""
+class VideoCrafter(_Loaded):
+  """A loaded VideoCrafter2 UNet, with `forward` taking `UNetModel`'s arguments."""
   config: VideoCrafterUNetConfig
-  params: Any
   module: VideoCrafterUNet
-
-  @classmethod
-  def from_params(cls, config: VideoCrafterUNetConfig, params, dtype=jnp.float32, **module_kwargs):
-    return cls(config, params, VideoCrafterUNet(config, dtype=dtype, **module_kwargs))
-
-  @functools.cached_property
-  def _jitted(self):
-    return jax.jit(self.module.apply)
+  module_class: ClassVar[type[nn.Module]] = VideoCrafterUNet
 
   def forward(self, x, timesteps, context, fps=16, timestep_cond=None) -> np.ndarray:
     """The prediction (B, C, T, H, W) for x (B, C, T, H, W), timesteps a number or (B,), context (B, S, D), fps a
