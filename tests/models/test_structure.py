@@ -1,5 +1,5 @@
-"""Structural promises of the model code: logical axes on every parameter, remat that changes nothing numerically,
-attention backends chosen by name."""
+"""Structural promises of the model code: logical axes on every parameter, remat that changes nothing numerically
+and frees activations, attention backends chosen by name."""
 
 import flax.linen as nn
 import jax
@@ -11,6 +11,7 @@ from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionCon
 from ureward_jax.models.qwen2 import Qwen2Config
 from ureward_jax.models.siglip import SiglipVisionConfig
 from ureward_jax.nn.attention import dot_product_attention
+from ureward_jax.nn.spatial_transformer import Transformer2DModel
 
 CONFIG = LlavaOnevisionConfig(vision=SiglipVisionConfig(24, 37, 2, 4, 28, 14),
                               text=Qwen2Config(128, 32, 64, 2, 4, 2, 8), image_token_id=126, video_token_id=127,
@@ -46,6 +47,27 @@ def test_remat_policies_give_identical_gradients(policy):
   remat = grad(params, LlavaOnevision(CONFIG, remat=policy))
   for a, b in zip(jax.tree.leaves(plain), jax.tree.leaves(remat)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_full_remat_frees_the_activations_of_unrolled_blocks():
+  """The gradient through four unrolled transformer blocks, compiled for one TPU chip on this host (libtpu): with
+  remat "full" the backward recomputes each block instead of keeping its activations. Were XLA free to merge the
+  recomputation with the forward (no optimisation barrier, see `nn.remat.remat`), both would hold the same memory."""
+  pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `make test`")
+  from launch.aot import topology_devices
+  chip = jax.sharding.SingleDeviceSharding(topology_devices("v5e-4")[0])
+  placed = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=chip)  # noqa: E731
+  x, context = placed((4, 32, 32, 64)), placed((4, 77, 32))
+
+  def temporaries(policy):
+    module = Transformer2DModel(heads=2, depth=4, groups=8, remat=policy, dtype=jnp.bfloat16)
+    params = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 32, 32, 64)),
+                                                jnp.zeros((1, 77, 32)))["params"])
+    params = jax.tree.map(lambda p: placed(p.shape), params)
+    grad = jax.grad(lambda p, x, c: module.apply({"params": p}, x, c).astype(jnp.float32).sum())
+    return jax.jit(grad).lower(params, x, context).compile().memory_analysis().temp_size_in_bytes
+
+  assert temporaries("full") < temporaries("none") / 4
 
 
 def test_unknown_names_are_refused():

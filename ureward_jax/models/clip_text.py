@@ -152,7 +152,7 @@ class CLIPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, mask):
-    layer = remat(CLIPEncoderLayer, self.remat)
+    layer = remat(CLIPEncoderLayer, self.remat, scanned=True)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=nn.broadcast,
                     length=self.config.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     return stack(self.config, self.dtype, self.param_dtype, self.attention_backend, self.collect,

@@ -140,7 +140,7 @@ class Qwen2ForCausalLM(nn.Module):
     cfg = self.config
     self.embed_tokens = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
                                  embedding_init=logical(default_kernel_init, ("vocab", "embed")))
-    layer = remat(Qwen2DecoderLayer, self.remat)
+    layer = remat(Qwen2DecoderLayer, self.remat, scanned=True)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
                     length=cfg.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})

@@ -137,7 +137,7 @@ class SiglipEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    layer = remat(SiglipEncoderLayer, self.remat)
+    layer = remat(SiglipEncoderLayer, self.remat, scanned=True)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
                     length=self.config.num_hidden_layers, metadata_params={nn.PARTITION_NAME: "layers"})
     x, _ = stack(self.config, self.dtype, self.param_dtype, self.attention_backend, name="layers")(x, None)

@@ -29,9 +29,16 @@ def remat_policy(name: str):
   return POLICIES[name]
 
 
-def remat(module: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = ()) -> type[nn.Module]:
+def remat(module: type[nn.Module], policy: str, static_argnums: tuple[int, ...] = (),
+          scanned: bool = False) -> type[nn.Module]:
   """`module` rematerialised in the backward pass with the named policy; unchanged for "none". `static_argnums`:
-  the positions of `__call__`'s Python arguments (a frame count, a train flag), `self` being 0."""
+  the positions of `__call__`'s Python arguments (a frame count, a train flag), `self` being 0.
+
+  `scanned`: the layer runs as the body of `nn.scan`. Outside a scan the recomputation is fenced off with an
+  optimisation barrier; without it XLA merges the backward's recomputation with the forward (common-subexpression
+  elimination) and keeps every activation alive, so the remat saves nothing. A scan's loop already keeps them apart,
+  and the barrier would only cost speed there.
+  """
   if policy == "none":
     return module
-  return nn.remat(module, policy=remat_policy(policy), prevent_cse=False, static_argnums=static_argnums)
+  return nn.remat(module, policy=remat_policy(policy), prevent_cse=not scanned, static_argnums=static_argnums)
