@@ -19,6 +19,7 @@ import os
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from absl import logging
 
 from launch.diffusion_train import load_component, pairs_per_micro_batch, run_pairs, start_workdir
@@ -30,7 +31,7 @@ from ureward_jax.models import clip_text, unet3d, vae
 from ureward_jax.train import diffusion_dpo, trainable, video_dpo
 from ureward_jax.train.checkpoint import Checkpointer
 from ureward_jax.train.loop import LoopState
-from ureward_jax.train.optim import one_cycle, one_cycle_adamw
+from ureward_jax.train.optim import one_cycle, one_cycle_adamw, torch_adamw
 
 TRAINABLE = ("linear", "all")
 
@@ -41,32 +42,48 @@ def check_pipeline_folder(folder: str) -> None:
                      "(python -m converters.t2v_turbo --src MODEL.ckpt --dst DIR)")
 
 
+SCHEDULES = ("constant", "onecycle")
+
+
 def make_optimizer(config, num_steps: int):
-  """(optimizer, learning-rate schedule): torch's AdamW under OneCycleLR, `optim.lr` its peak."""
+  """(optimizer, learning-rate schedule): torch's AdamW at a constant `optim.lr`, as VideoDPO's run trains (its
+  config's OneCycleLR block never reaches the model), or under OneCycleLR with `optim.lr` its peak."""
   o = config.optim
-  if o.name != "adamw" or o.schedule != "onecycle":
-    raise ValueError("video DPO trains with optim.name 'adamw' and optim.schedule 'onecycle' (VideoDPO's)")
+  if o.name != "adamw" or o.schedule not in SCHEDULES:
+    raise ValueError(f"video DPO trains with optim.name 'adamw' (VideoDPO's) and optim.schedule one of {SCHEDULES}; "
+                     f"got {o.name!r} and {o.schedule!r}")
+  clip_norm = o.get("clip_norm") or None
+  if o.schedule == "constant":
+    lr = optax.constant_schedule(o.lr)
+    return torch_adamw(lr, o.weight_decay, clip_norm=clip_norm), lr
   lr, _ = one_cycle(o.lr, num_steps, o.pct_start, o.div_factor, o.final_div_factor)
   return one_cycle_adamw(o.lr, num_steps, o.pct_start, o.div_factor, o.final_div_factor, o.weight_decay,
-                         clip_norm=o.get("clip_norm") or None), lr
+                         clip_norm=clip_norm), lr
 
 
-def train_mask(config, params) -> dict | None:
+def train_mask(config, params) -> dict:
+  """What trains: `video_dpo.trainable` "linear" (VideoDPO's Linear layers) or "all". The guidance embedding's
+  `time_cond_proj` stays frozen unless `video_dpo.w_embedding`: it is never applied then, so it gets no gradient,
+  and torch's AdamW skips such a parameter altogether (its weight decay included)."""
   kind = config.video_dpo.trainable
   if kind not in TRAINABLE:
     raise ValueError(f"video_dpo.trainable {kind!r} is not one of {TRAINABLE}")
-  return trainable.linear_layers(params) if kind == "linear" else None
+  mask = trainable.linear_layers(params) if kind == "linear" else jax.tree.map(lambda _: True, params)
+  if "time_cond_proj" in params and not config.video_dpo.w_embedding:
+    mask = {**mask, "time_cond_proj": jax.tree.map(lambda _: False, params["time_cond_proj"])}
+  return mask
 
 
 def training_step(config, unet_config: unet3d.VideoCrafterUNetConfig, optimizer, scaling_factor: float,
-                  scheduler: dict, mask: dict | None):
+                  scheduler: dict, mask: dict):
   """The config's video Diffusion-DPO step (`video_dpo.make_video_dpo_step`) for this UNet."""
   v = config.video_dpo
   unet_config = dataclasses.replace(unet_config, use_w_embedding=v.w_embedding)
   module = unet3d.VideoCrafterUNet(unet_config, dtype=jnp.dtype(config.model.dtype), remat=config.remat)
   alphas = diffusion_dpo.training_alphas_cumprod(False, scheduler)
   return video_dpo.make_video_dpo_step(module, optimizer, v.beta, alphas, scaling_factor, mask, paired=v.paired,
-                                       keep_width=v.keep_width, fps=float(v.fps))
+                                       keep_width=v.keep_width, fps=float(v.fps),
+                                       reference_dropout=v.reference_dropout)
 
 
 def pair_shapes(config, unet_config: unet3d.VideoCrafterUNetConfig, micro: int, downsample: int, sharding) -> dict:
@@ -134,7 +151,8 @@ def train(config: ml_collections.ConfigDict) -> LoopState:
   records = load_video_pairs(config.data.train, config.data.get("video_folder") or None)
   num_steps = num_steps_of(config, len(records))
   optimizer, learning_rate = make_optimizer(config, num_steps)
-  logging.info("%d pairs, %d steps, peak learning rate %g", len(records), num_steps, config.optim.lr)
+  logging.info("%d pairs, %d steps, learning rate %g (%s)", len(records), num_steps, config.optim.lr,
+               config.optim.schedule)
   opt_shardings = parallel.optimizer_shardings(optimizer, trained, trained_shardings, mesh)
   opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(trained)
 

@@ -1,6 +1,6 @@
 """launch.train with train.objective = "video_dpo" on the tiny T2V-Turbo pipeline: an FSDP-sharded run over mp4 and
-frame-folder pairs trains the Linear layers alone under the one-cycle schedule, writes metrics and checkpoints,
-counts an unreadable pair, and resumes."""
+frame-folder pairs trains the Linear layers alone at the config's constant rate, writes metrics and checkpoints,
+counts an unreadable pair, and resumes; the one-cycle schedule on request."""
 
 import json
 import os
@@ -11,8 +11,11 @@ import pytest
 
 from configs import dpo_t2v_turbo
 from launch.train import train
+from launch.video_train import make_optimizer, train_mask
 from tests import tiny_t2v
+from tests.models.test_videocrafter import TINY
 from ureward_jax import pretrained
+from ureward_jax.models import unet3d
 from ureward_jax.processing.video import write_frame_folder, write_video
 from ureward_jax.train import trainable
 from ureward_jax.train.optim import one_cycle
@@ -54,7 +57,7 @@ def config_for(t2v, pairs, workdir, steps):
   c.model.update(checkpoint=str(t2v), dtype="float32")
   c.data.update(train=str(pairs), batch_size=PAIRS, height=32, width=48, workers=0)
   c.train.update(num_steps=steps, num_epochs=0, grad_accum=1)
-  c.optim.update(lr=1e-3, pct_start=0.5)
+  c.optim.update(lr=1e-3)
   c.checkpoint.update(every=2, keep=2)
   c.mesh.update(data=1, fsdp=8, tensor=1)
   c.remat = "none"
@@ -72,19 +75,47 @@ def test_run_trains_linear_layers_logs_checkpoints_and_resumes(t2v, pairs, tmp_p
   assert [r["step"] for r in rows] == [1, 2, 3]
   assert {"loss", "implicit_acc", "model_mse", "ref_mse", "grad_norm", "learning_rate"} <= set(rows[0])
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
-  lr, _ = one_cycle(1e-3, 3, 0.5, 25.0, 10.0)
-  np.testing.assert_allclose([r["learning_rate"] for r in rows], [float(lr(s)) for s in range(3)], rtol=1e-6)
+  np.testing.assert_allclose([r["learning_rate"] for r in rows], 1e-3, rtol=1e-6)
   # The missing video makes its pair weightless, reported by id each time it comes up.
   assert [i for r in rows for i in r.get("skipped_ids", [])] == ["pair3"] * 3
 
   start = pretrained.load_params(t2v / "unet")
-  mask = trainable.linear_layers(start)
   moved = jax.tree.map(lambda a, b: not np.array_equal(np.asarray(a), b), state.params, start)
-  trained, frozen = trainable.split(moved, mask)
+  trained, frozen = trainable.split(moved, trainable.linear_layers(start))
+  # A Linear layer, but unused without the guidance embedding: it gets no gradient and stays as it was.
+  assert not any(jax.tree.leaves(trained.pop("time_cond_proj")))
   assert all(jax.tree.leaves(trained)) and not any(jax.tree.leaves(frozen))
 
   resumed = train(config_for(t2v, pairs, tmp_path, steps=4))
   assert resumed.step == 4 and [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+
+
+def test_one_cycle_on_request_and_unknown_schedules_refused(t2v, pairs, tmp_path):
+  c = config_for(t2v, pairs, tmp_path, steps=3)
+  c.optim.update(schedule="onecycle", pct_start=0.5)
+  _, lr = make_optimizer(c, 3)
+  want, _ = one_cycle(1e-3, 3, 0.5, 25.0, 10.0)
+  np.testing.assert_allclose([float(lr(s)) for s in range(3)], [float(want(s)) for s in range(3)], rtol=1e-6)
+  c.optim.schedule = "cosine"
+  with pytest.raises(ValueError, match="optim.schedule one of"):
+    make_optimizer(c, 3)
+
+
+def test_the_unused_guidance_projection_stays_frozen():
+  """torch's AdamW skips a parameter without a gradient, weight decay included: `time_cond_proj` must not train
+  while the guidance embedding is off (VideoDPO's UNet), whether the Linear layers or all parameters train."""
+  shapes = unet3d.param_shapes(unet3d.VideoCrafterUNetConfig.from_dict(TINY))
+  flat = lambda tree: jax.tree_util.tree_leaves_with_path(tree)  # noqa: E731
+  c = dpo_t2v_turbo.get_config()
+  linear, mask = trainable.linear_layers(shapes), train_mask(c, shapes)
+  assert all(jax.tree.leaves(linear["time_cond_proj"])) and not any(jax.tree.leaves(mask["time_cond_proj"]))
+  assert [v for k, v in flat(mask) if "time_cond_proj" not in str(k)] == \
+      [v for k, v in flat(linear) if "time_cond_proj" not in str(k)]
+  c.video_dpo.trainable = "all"
+  mask = train_mask(c, shapes)
+  assert all(v != ("time_cond_proj" in str(k)) for k, v in flat(mask))   # all but the projection
+  c.video_dpo.w_embedding = True
+  assert all(jax.tree.leaves(train_mask(c, shapes)))
 
 
 def test_a_non_t2v_checkpoint_is_refused(t2v, pairs, tmp_path):

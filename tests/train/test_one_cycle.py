@@ -1,11 +1,12 @@
-"""`one_cycle_adamw` is torch's AdamW stepped by OneCycleLR (VideoDPO's optimiser): the same learning rate and β₁ at
-every step (rising, then falling, β₁ the other way) and the same parameter updates."""
+"""`torch_adamw` is torch's AdamW (VideoDPO's optimiser, at a constant rate) and `one_cycle_adamw` is it stepped by
+OneCycleLR: the same learning rate and β₁ at every step (rising, then falling, β₁ the other way) and the same
+parameter updates."""
 
 import numpy as np
 import pytest
 import torch
 
-from ureward_jax.train.optim import one_cycle, one_cycle_adamw
+from ureward_jax.train.optim import one_cycle, one_cycle_adamw, torch_adamw
 
 # VideoDPO's settings over a short run whose steps cover both phases.
 MAX_LR, TOTAL, PCT, DIV, FINAL = 2e-5, 23, 0.2, 25.0, 10.0
@@ -34,6 +35,23 @@ def test_rates_momenta_and_updates_match_torch():
     params = params + np.asarray(updates)
     moved += np.asarray(updates, np.float64)
   assert np.argmax(rates) == round(PCT * TOTAL) - 1 and rates[-1] == pytest.approx(MAX_LR / DIV / FINAL)
+  torch_moved = weight.detach().numpy() - start
+  np.testing.assert_allclose(moved, torch_moved, rtol=1e-4, atol=1e-4 * np.abs(torch_moved).max())
+
+
+def test_constant_rate_updates_match_torch():
+  weight = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)))
+  optimizer = torch.optim.AdamW([weight], lr=MAX_LR)
+  ours = torch_adamw(MAX_LR)
+  params = weight.detach().numpy().astype(np.float32)
+  state, start, moved, rng = ours.init(params), weight.detach().numpy().copy(), np.zeros((5, 3)), np.random.default_rng(3)
+  for _ in range(TOTAL):
+    grad = rng.standard_normal((5, 3))
+    weight.grad = torch.from_numpy(grad)
+    optimizer.step()
+    updates, state = ours.update(grad.astype(np.float32), state, params)
+    params = params + np.asarray(updates)
+    moved += np.asarray(updates, np.float64)
   torch_moved = weight.detach().numpy() - start
   np.testing.assert_allclose(moved, torch_moved, rtol=1e-4, atol=1e-4 * np.abs(torch_moved).max())
 

@@ -77,6 +77,28 @@ def test_a_step_moves_the_linear_layers_only(unet):
   assert 0 < optax.tree.size(trained) < optax.tree.size(reference)
 
 
+def test_the_reference_draws_dropout_masks_of_its_own(unet):
+  """VideoDPO's reference runs in training mode (Lightning's `fit` undoes its `eval()`): with the policy equal to the
+  reference, the two forwards still differ through their own dropout masks; `reference_dropout=False` and held-out
+  evaluation give the deterministic reference."""
+  config, module, params = unet
+  assert config.temporal_conv_dropout == 0.1
+  batch = synthetic_pairs(np.random.default_rng(0), 2)
+
+  def mse(**options):
+    loss_fn = V.make_loss_fn(module, 5000.0, schedulers.alphas_cumprod(), 0.18215, **VIDEODPO, **options)
+    _, metrics = jax.jit(loss_fn)(params, params, batch, jax.random.key(0))
+    return float(metrics["model_mse"]), float(metrics["ref_mse"])
+
+  policy, reference = mse()
+  policy_alone, evaluation_reference = mse(reference_dropout=False)
+  held_out = mse(training=False)
+  assert policy == policy_alone   # the policy's masks do not depend on the switch
+  assert held_out[0] == pytest.approx(evaluation_reference, rel=1e-6)
+  assert held_out[1] == pytest.approx(evaluation_reference, rel=1e-6)
+  assert abs(reference - evaluation_reference) > 1e-6 * evaluation_reference and abs(policy - reference) > 1e-6 * reference
+
+
 def test_pairs_are_encoded_frame_by_frame():
   vae_config = vae.AutoencoderKLConfig.from_dict(VAE)
   vae_module, vae_params = vae.AutoencoderKL(vae_config), nn.unbox(vae.init_params(vae_config, jax.random.key(1)))

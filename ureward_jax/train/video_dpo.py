@@ -12,7 +12,8 @@ switch each, set to UnifiedReward's values by `configs/dpo_t2v_turbo.py`:
 - fps conditioning a constant (16, although the pairs were sampled at 8); the guidance embedding goes unused
   (UnifiedReward's UNet ignores it: the UNet config's `use_w_embedding`).
 Only fully connected layers train (`trainable.linear_layers`). The policy runs in training mode (the temporal convs'
-dropout 0.1); the frozen reference in evaluation mode.
+dropout 0.1). So does the frozen reference, with masks of its own, by default (`reference_dropout`): VideoDPO calls
+`ref_model.eval()` once, but Lightning's `fit` switches every submodule back to training mode.
 
 A micro-batch holds B pairs: the per-frame VAE posterior of each clip (`latent_mean`, `latent_logvar`, (2B, T, h, w,
 4), winners in rows [0, B), losers in [B, 2B)), each pair's caption encoding `context` (B, 77, D) and optionally its
@@ -38,9 +39,11 @@ WIDTH_AXIS = 3   # of (B, T, H, W, C) latents
 
 def make_loss_fn(module: VideoCrafterUNet, beta: float, alphas_cumprod: np.ndarray, scaling_factor: float,
                  paired: bool = True, keep_width: bool = False, fps: float = 16.0,
-                 timestep_values: tuple[int, ...] | None = schedulers.DDIM50_TRAIN_TIMESTEPS, training: bool = True):
+                 timestep_values: tuple[int, ...] | None = schedulers.DDIM50_TRAIN_TIMESTEPS, training: bool = True,
+                 reference_dropout: bool = True):
   """loss_fn(params, reference_params, micro_batch, rng) → (loss, metrics) of one micro-batch (no A axis).
-  `training` False runs the policy in evaluation mode too (no dropout): held-out metrics."""
+  `training` False runs both UNets in evaluation mode (no dropout): held-out metrics. `reference_dropout` False keeps
+  the reference in evaluation mode while the policy trains."""
   alphas_cumprod = jnp.asarray(alphas_cumprod, jnp.float32)
 
   def loss_fn(params, reference_params, mb, rng):
@@ -48,9 +51,13 @@ def make_loss_fn(module: VideoCrafterUNet, beta: float, alphas_cumprod: np.ndarr
     latents = diffusion_dpo.sample_latents(posterior_rng, mb, scaling_factor)
     noisy, timesteps, noise = diffusion_dpo.noised_pairs(noise_rng, latents, alphas_cumprod, timestep_values, paired)
     context = jnp.concatenate([mb["context"], mb["context"]])   # one caption for both clips of a pair
-    model_pred = module.apply({"params": params}, noisy, timesteps, context, fps, deterministic=not training,
-                              rngs={"dropout": dropout_rng})
-    ref_pred = jax.lax.stop_gradient(module.apply({"params": reference_params}, noisy, timesteps, context, fps))
+
+    def predict(p, deterministic, masks_rng):
+      return module.apply({"params": p}, noisy, timesteps, context, fps, deterministic=deterministic,
+                          rngs={"dropout": masks_rng})
+    model_pred = predict(params, not training, dropout_rng)
+    ref_pred = jax.lax.stop_gradient(predict(reference_params, not (training and reference_dropout),
+                                             jax.random.fold_in(dropout_rng, 1)))
     return diffusion_dpo.diffusion_dpo_loss(model_pred, ref_pred, noise, beta, mb.get("weight"), mb.get("factor"),
                                             keep_axis=WIDTH_AXIS if keep_width else None)
 
