@@ -18,6 +18,7 @@ import math
 import re
 from collections import OrderedDict
 
+import ftfy
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -77,7 +78,7 @@ def _byte_symbols() -> tuple[list[str], dict[int, str]]:
 
 def simple_tokenize(texts: list[str], merges: list[tuple[str, str]], context: int = 77) -> torch.Tensor:
   r"""open_clip.tokenize with a vocabulary built from `merges` as SimpleTokenizer builds it (unicode regex classes
-  approximated by Python's: letters [^\W\d_], digits \d; ftfy left out)."""
+  approximated by Python's: letters [^\W\d_], digits \d)."""
   order, byte_map = _byte_symbols()
   vocab = order + [s + "</w>" for s in order] + ["".join(m) for m in merges] + ["<start_of_text>", "<end_of_text>"]
   encoder, ranks = {t: i for i, t in enumerate(vocab)}, {m: i for i, m in enumerate(merges)}
@@ -104,7 +105,7 @@ def simple_tokenize(texts: list[str], merges: list[tuple[str, str]], context: in
 
   out = torch.zeros(len(texts), context, dtype=torch.long)
   for row, text in enumerate(texts):
-    text = re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip().lower()
+    text = re.sub(r"\s+", " ", html.unescape(html.unescape(ftfy.fix_text(text))).strip()).strip().lower()
     ids = [encoder["<start_of_text>"]]
     for token in pattern.findall(text):
       ids += [encoder[t] for t in bpe("".join(byte_map[b] for b in token.encode("utf-8")))]

@@ -27,7 +27,8 @@ from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
 from ureward_jax.models import unet3d
 from ureward_jax.processing.video import read_frames
 
-PROMPTS = ["the red cat!", "The DOG &amp; the  blue cat", "x " * 100, "", "and!!"]
+PROMPTS = ["the red cat!", "The DOG &amp; the  blue cat", "x " * 100, "", "and!!",
+           "a dog’s “toy” in a cafÃ© ＡＢＣ"]   # ftfy: straight quotes, repaired mojibake, half-width letters
 STEPS, FRAMES, HEIGHT, WIDTH_PX = 4, 3, 32, 48
 
 
@@ -38,8 +39,8 @@ def made(tmp_path_factory):
 
 
 def test_tokenizer_is_open_clips(made):
-  """`!` is an ordinary symbol (not SDXL's pad token), HTML entities are unescaped, long prompts keep their end
-  token, padding is zeros."""
+  """`!` is an ordinary symbol (not SDXL's pad token), HTML entities are unescaped, text goes through ftfy, long
+  prompts keep their end token, padding is zeros."""
   ids = made["pipeline"].tokenizer(PROMPTS)
   np.testing.assert_array_equal(ids, simple_tokenize(PROMPTS, MERGES).numpy())
   assert ids[4, 2] == 0 and ids[4, 3] == 256 and ids[2, 76] == VOCAB - 1

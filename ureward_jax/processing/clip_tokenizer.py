@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import ftfy
 import numpy as np
 import tokenizers
 from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
@@ -68,15 +69,17 @@ class CLIPTokenizer:
 
 
 class OpenCLIPTokenizer(CLIPTokenizer):
-  """`open_clip.tokenize`, VideoCrafter2's text encoder's tokenizer, on a CLIP vocabulary folder: HTML entities
-  unescaped twice first, as it does; padded with id 0 (`!`), which, unlike transformers' pad token, is not matched in
-  the text (a prompt's "!" stays `!</w>`). Not replicated: its `ftfy.fix_text` (mojibake repair), here NFC."""
+  """`open_clip.tokenize`, VideoCrafter2's text encoder's tokenizer, on a CLIP vocabulary folder. Each prompt is
+  cleaned first as its `basic_clean` does: `ftfy.fix_text` (curly quotes and apostrophes made straight, so "dog’s"
+  splits as "dog" + "'s"; mojibake repaired; ligatures and full-width letters unfolded), then HTML entities
+  unescaped twice. Padded with id 0 (`!`), which, unlike transformers' pad token, is not matched in the text (a
+  prompt's "!" stays `!</w>`)."""
   fixed_pad_token = "!"
 
   def __call__(self, prompts: Sequence[str]) -> np.ndarray:
     if isinstance(prompts, str):
       raise TypeError("pass a list of prompts, not a single string")
-    return super().__call__([html.unescape(html.unescape(p)).strip() for p in prompts])
+    return super().__call__([html.unescape(html.unescape(ftfy.fix_text(p))).strip() for p in prompts])
 
 
 def _from_vocab_and_merges(folder: Path) -> tokenizers.Tokenizer:
