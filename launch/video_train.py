@@ -31,7 +31,7 @@ from ureward_jax.models import clip_text, unet3d, vae
 from ureward_jax.train import diffusion_dpo, trainable, video_dpo
 from ureward_jax.train.checkpoint import Checkpointer
 from ureward_jax.train.loop import LoopState
-from ureward_jax.train.optim import one_cycle, one_cycle_adamw, torch_adamw
+from ureward_jax.train.optim import one_cycle, torch_adamw
 
 TRAINABLE = ("linear", "all")
 
@@ -52,13 +52,11 @@ def make_optimizer(config, num_steps: int):
   if o.name != "adamw" or o.schedule not in SCHEDULES:
     raise ValueError(f"video DPO trains with optim.name 'adamw' (VideoDPO's) and optim.schedule one of {SCHEDULES}; "
                      f"got {o.name!r} and {o.schedule!r}")
-  clip_norm = o.get("clip_norm") or None
   if o.schedule == "constant":
-    lr = optax.constant_schedule(o.lr)
-    return torch_adamw(lr, o.weight_decay, clip_norm=clip_norm), lr
-  lr, _ = one_cycle(o.lr, num_steps, o.pct_start, o.div_factor, o.final_div_factor)
-  return one_cycle_adamw(o.lr, num_steps, o.pct_start, o.div_factor, o.final_div_factor, o.weight_decay,
-                         clip_norm=clip_norm), lr
+    lr, b1 = optax.constant_schedule(o.lr), 0.9
+  else:
+    lr, b1 = one_cycle(o.lr, num_steps, o.pct_start, o.div_factor, o.final_div_factor)
+  return torch_adamw(lr, o.weight_decay, b1, clip_norm=o.get("clip_norm") or None), lr
 
 
 def train_mask(config, params) -> dict:

@@ -3,7 +3,7 @@
 AdamW with global-norm clipping and the transformers Trainer's schedules (linear warm-up over
 ceil(warmup_ratio · steps) steps, then cosine or linear decay to 0, or constant). Freezing follows LLaVA-NeXT's
 `mm_tunable_parts`: a frozen part gets no update and no optimiser state beyond zeros. `torch_adamw` is torch's AdamW,
-the video DPO run's optimiser; `one_cycle_adamw` steps it by torch's `OneCycleLR`.
+the video DPO run's optimiser, at a constant rate or stepped by `one_cycle` (torch's `OneCycleLR`).
 """
 
 from __future__ import annotations
@@ -65,20 +65,11 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_facto
 def torch_adamw(learning_rate, weight_decay: float = 1e-2, b1=0.9, b2: float = 0.999, eps: float = 1e-8,
                 clip_norm: float | None = None) -> optax.GradientTransformation:
   """torch's `AdamW(params, lr)`: Adam with decoupled weight decay (1e-2 by default) on every parameter, optionally
-  after global-norm clipping. `learning_rate` and `b1` are numbers or schedules; both are kept in the state
-  (`inject_hyperparams`)."""
+  after global-norm clipping. `learning_rate` and `b1` are numbers or schedules (`one_cycle`'s pair: torch's
+  OneCycleLR writes its momentum into `betas`); both are kept in the state (`inject_hyperparams`)."""
   adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
                                                 weight_decay=weight_decay)
   return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
-
-
-def one_cycle_adamw(max_lr: float, total_steps: int, pct_start: float = 0.3, div_factor: float = 25.0,
-                    final_div_factor: float = 1e4, weight_decay: float = 1e-2, b2: float = 0.999, eps: float = 1e-8,
-                    clip_norm: float | None = None) -> optax.GradientTransformation:
-  """`torch_adamw` stepped by `OneCycleLR` with its defaults' momentum cycling: β₁ follows `one_cycle`'s momentum
-  schedule, as torch writes it into `betas`."""
-  lr, momentum = one_cycle(max_lr, total_steps, pct_start, div_factor, final_div_factor)
-  return torch_adamw(lr, weight_decay, momentum, b2, eps, clip_norm)
 
 
 def trainable_labels(params: dict, parts: Sequence[str] = ALL_PARTS) -> dict:
