@@ -7,8 +7,8 @@ model's weights through `converters.llava_onevision`. The batch: one 224×448 im
 cross-entropy (mean over labelled tokens), its gradient, global-norm clipping to 1.0 and AdamW (decay on matrices
 only, as transformers' Trainer groups them), fp32:
 
-- ours: `make_sft_step` + `make_optimizer`, jitted with params and optimiser state donated, compiled ahead of the
-  timed loop;
+- ours: the reward SFT task's loss through the runner's step (`accumulating_step`) and `make_optimizer`, jitted
+  with params and optimiser state donated, compiled ahead of the timed loop;
 - PyTorch: transformers' `LlavaOnevisionForConditionalGeneration` in train mode (`--attention`, sdpa by default),
   full logits, `F.cross_entropy`, `clip_grad_norm_(1.0)`, `torch.optim.AdamW`.
 
@@ -32,6 +32,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -41,9 +42,10 @@ from converters.llava_onevision import convert_folder  # noqa: E402
 from tests.tiny_llava import perturb  # noqa: E402  (weights of a sane scale, so the loss check is not vacuous)
 from ureward_jax.processing import anyres  # noqa: E402
 from ureward_jax.processing.feature_layout import VisualItem, build_layout  # noqa: E402
+from ureward_jax.train.accumulate import accumulating_step  # noqa: E402
 from ureward_jax.train.losses import IGNORE  # noqa: E402
-from ureward_jax.train.optim import make_optimizer, param_count  # noqa: E402
-from ureward_jax.train.step import make_sft_step  # noqa: E402
+from ureward_jax.train.optim import make_optimizer, matrices, param_count  # noqa: E402
+from ureward_jax.train.tasks.reward_sft import sft_loss_fn  # noqa: E402
 
 LR, WEIGHT_DECAY, CLIP = 1e-5, 0.01, 1.0
 PROMPT_TOKENS = 16  # text before the image
@@ -148,20 +150,23 @@ def torch_trainer(model, inputs, fused: bool):
 
 def jax_trainer(model, inputs, args):
   """Our jitted step on `inputs`, compiled here: returns (step, compile seconds); step() → (loss, gradient norm)."""
-  optimizer = make_optimizer(model.params, lr=LR, num_steps=args.warmup + args.steps, schedule="constant",
-                             weight_decay=WEIGHT_DECAY, clip_norm=CLIP)
+  optim = ml_collections.ConfigDict(dict(name="adamw", lr=LR, schedule="constant", warmup_ratio=0.0,
+                                         weight_decay=WEIGHT_DECAY, clip_norm=CLIP))
+  optimizer, _ = make_optimizer(optim, args.warmup + args.steps, model.params, decay_mask=matrices)
   keys = ("input_ids", "labels", "pixels", "visual_src", "visual_weight", "visual_dest")
   batch = {k: jnp.asarray(inputs[k])[None] for k in keys}   # one micro-batch: no gradient accumulation
   batch["attention_mask"] = jnp.ones_like(batch["input_ids"])
   batch["positions"] = jnp.broadcast_to(jnp.arange(args.length), batch["input_ids"].shape)
   state = {"params": model.params, "opt": jax.jit(optimizer.init)(model.params)}
   start = time.perf_counter()
-  compiled = jax.jit(make_sft_step(model.module, optimizer, args.logits_chunk), donate_argnums=(0, 1)) \
-      .lower(state["params"], state["opt"], batch).compile()
+  sft_step = accumulating_step(sft_loss_fn(model.module, args.logits_chunk), optimizer, summed=("tokens",))
+  rng = jax.random.key(0)
+  compiled = jax.jit(sft_step, donate_argnums=(0, 1)).lower(state["params"], state["opt"], batch, None, rng).compile()
   seconds = time.perf_counter() - start
 
   def step():
-    state["params"], state["opt"], metrics = jax.block_until_ready(compiled(state["params"], state["opt"], batch))
+    state["params"], state["opt"], metrics = jax.block_until_ready(compiled(state["params"], state["opt"], batch, None,
+                                                                            rng))
     return float(metrics["loss"]), float(metrics["grad_norm"])
   return step, seconds
 

@@ -16,7 +16,8 @@ def get_config():
                                           patches_per_sample=8, buckets=(320, 448), workers=0, video_frames=4,
                                           assistant_only=False))
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  c.train = ml_collections.ConfigDict(dict(num_steps=400, log_every=25, grad_accum=1, logits_chunk=192,
+  c.train = ml_collections.ConfigDict(dict(objective="sft", num_steps=400, num_epochs=0, log_every=25, grad_accum=1,
+                                           logits_chunk=192,
                                            tunable_parts=("mm_language_model", "mm_mlp_adapter", "mm_vision_tower")))
   # The visual path learns ten times slower than the language model: at the common rate, its output drifts to a
   # near-constant vector before the language model has learned to read it.

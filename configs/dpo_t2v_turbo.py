@@ -43,9 +43,9 @@ def get_config():
   c.video_dpo = ml_collections.ConfigDict(dict(beta=5000.0, paired=False, keep_width=True, fps=16, dupbeta=1.0,
                                                w_embedding=False, trainable="linear", reference="",
                                                reference_dtype="bfloat16", reference_dropout=True))
-  # pct_start, div_factor and final_div_factor shape the "onecycle" schedule only.
-  c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=2e-5, schedule="constant", pct_start=0.2, div_factor=25.0,
-                                           final_div_factor=10.0, weight_decay=1e-2, clip_norm=0.0))
+  # pct_start, div_factor and final_div_factor shape the "onecycle" schedule only; warmup_ratio the others.
+  c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=2e-5, schedule="constant", warmup_ratio=0.0, pct_start=0.2,
+                                           div_factor=25.0, final_div_factor=10.0, weight_decay=1e-2, clip_norm=0.0))
   c.checkpoint = ml_collections.ConfigDict(dict(every=100, keep=3))
   c.remat = "full"
   return c

@@ -19,7 +19,8 @@ def get_config():
   c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
   # 236K samples × 3 epochs / 128 per step. 4 micro-batches of 32: one sequence per chip on a 32-chip v5p-64
   # (the original ran 4 GPUs × 2 sequences × 16 accumulation steps).
-  c.train = ml_collections.ConfigDict(dict(num_steps=5_530, log_every=10, grad_accum=4, logits_chunk=1024,
+  c.train = ml_collections.ConfigDict(dict(objective="sft", num_steps=5_530, num_epochs=0, log_every=10, grad_accum=4,
+                                           logits_chunk=1024,
                                            tunable_parts=("mm_language_model", "mm_mlp_adapter", "mm_vision_tower")))
   # projector_lr / vision_tower_lr: LLaVA-NeXT's mm_projector_lr / mm_vision_tower_lr; None trains them at lr, as the
   # UnifiedReward scripts do.

@@ -60,12 +60,7 @@ SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alph
                     "sqrt_recipm1_alphas_cumprod", "posterior_variance", "posterior_log_variance_clipped",
                     "posterior_mean_coef1", "posterior_mean_coef2", "scale_arr", "scale_factor", "logvar")
 # VideoCrafter2's `linear_start`, `linear_end` ("linear" in latent-diffusion is diffusers' scaled_linear).
-SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-             "origin_steps": 50}
 PIPELINE_MODELS = ("unet", "vae", "text_encoder")
-# latent-diffusion's AutoencoderKL: ddconfig ch 128, ch_mult (1, 2, 4, 4), 2 res blocks, z 4; scale_factor 0.18215.
-LDM_VAE = vae.AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215, sample_size=512,
-                                  force_upcast=False)
 # The openai UNet's containers whose children are numbered (`in_layers.0`); a bare index (`input_blocks.1.0`) is a
 # module of ours named "0" and maps as it is.
 UNET_INDEXED = ("input_blocks", "output_blocks", "out", "in_layers", "emb_layers", "out_layers", "transformer_blocks",
@@ -171,7 +166,7 @@ def _ldm_vae_rules(levels: int) -> list[tuple[str, str]]:
 _ATTENTION_PROJECTION = re.compile(r"mid_block\.attentions\.0\.(to_q|to_k|to_v|to_out\.0)\.weight$")
 
 
-def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: vae.AutoencoderKLConfig = LDM_VAE,
+def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: vae.AutoencoderKLConfig = vae.LDM_VAE,
                prefix: str = VAE_PREFIX, dtype=None) -> dict:
   """Our VAE params from latent-diffusion `AutoencoderKL` tensors named under `prefix`."""
   rules = _ldm_vae_rules(len(config.block_out_channels))
@@ -208,10 +203,10 @@ def ldm_vae_config(tensors: Mapping[str, common.StoredTensor], prefix: str = VAE
       latent_channels=tensors[prefix + "encoder.conv_out.weight"].shape[0] // 2,   # mean and log-variance
       in_channels=tensors[prefix + "encoder.conv_in.weight"].shape[1])
   found["out_channels"] = found["in_channels"]
-  return dataclasses.replace(LDM_VAE, **found, **settings)
+  return dataclasses.replace(vae.LDM_VAE, **found, **settings)
 
 
-def export_vae(params, config: vae.AutoencoderKLConfig = LDM_VAE, prefix: str = VAE_PREFIX) -> dict[str, np.ndarray]:
+def export_vae(params, config: vae.AutoencoderKLConfig = vae.LDM_VAE, prefix: str = VAE_PREFIX) -> dict[str, np.ndarray]:
   """Our VAE params → latent-diffusion `AutoencoderKL` tensors under `prefix`."""
   expected = common.flat_shapes(vae.param_shapes(config))
   inverse = [(ours, ldm) for ldm, ours in _ldm_vae_rules(len(config.block_out_channels))]
@@ -382,12 +377,13 @@ def _checked_buffers(tensors: Mapping[str, common.StoredTensor], unet_prefixes: 
     raise ConversionError(f"unexpected tensors outside the UNet, VAE and text encoder: {others[:10]}"
                           f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}")
   if "alphas_cumprod" in tensors:
-    ours = schedulers.alphas_cumprod(SCHEDULER["num_train_timesteps"], SCHEDULER["beta_start"],
-                                     SCHEDULER["beta_end"], SCHEDULER["beta_schedule"])
+    schedule = schedulers.VIDEOCRAFTER_SCHEDULER
+    ours = schedulers.alphas_cumprod(schedule["num_train_timesteps"], schedule["beta_start"], schedule["beta_end"],
+                                     schedule["beta_schedule"])
     stored = np.asarray(tensors["alphas_cumprod"].load(), np.float64)
     if stored.shape != ours.shape or not np.allclose(stored, ours, rtol=1e-5, atol=0):
       raise ConversionError("the checkpoint's noise schedule 'alphas_cumprod' is not VideoCrafter2's (scaled-linear "
-                            f"{SCHEDULER['beta_start']} → {SCHEDULER['beta_end']} over 1000 steps), which sampling "
+                            f"{schedule['beta_start']} → {schedule['beta_end']} over 1000 steps), which sampling "
                             "and training here assume")
   if "scale_factor" in tensors:
     return {"scaling_factor": float(np.asarray(tensors["scale_factor"].load()))}
@@ -458,7 +454,8 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
     pretrained.save(dst / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
     steps.update()
   write_tokenizer(tokenizer, dst / "tokenizer")
-  ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "scheduler": SCHEDULER, "source": source}
+  ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "scheduler": schedulers.VIDEOCRAFTER_SCHEDULER,
+          "source": source}
   (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
   return ours
 

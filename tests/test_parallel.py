@@ -13,9 +13,12 @@ from converters.llava_onevision import convert_folder
 from tests import tiny_llava
 from tests.models.test_structure import CONFIG
 from tests.tiny_llava import image_inputs
+from tests.train.settings import optim
 from ureward_jax import parallel
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params, param_shapes
-from ureward_jax.train.optim import ALL_PARTS, make_optimizer
+from ureward_jax.train import trainable
+from ureward_jax.train.optim import make_optimizer, matrices
+from ureward_jax.train.tasks.reward_sft import TUNABLE_PARTS, tunable_mask
 
 
 def test_make_mesh_sizes():
@@ -78,17 +81,19 @@ def test_params_are_born_sharded():
   assert placed["image_newline"].sharding == shardings["image_newline"]
 
 
-@pytest.mark.parametrize("parts", [("mm_language_model",), ALL_PARTS], ids=["language_model", "all"])
+@pytest.mark.parametrize("parts", [("mm_language_model",), tuple(TUNABLE_PARTS)], ids=["language_model", "all"])
 def test_optimizer_state_is_sharded_like_the_params(parts):
   mesh = parallel.make_mesh(data=1, fsdp=4, tensor=2)
   shardings = parallel.param_shardings(param_shapes(CONFIG, boxed=True), mesh)
   params = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), param_shapes(CONFIG),
                         shardings)
-  optimizer = make_optimizer(params, lr=1e-3, num_steps=10, parts=parts)
+  mask = tunable_mask(params, parts)
+  params, shardings = trainable.split(params, mask)[0], trainable.split(shardings, mask)[0]   # the trained part
+  optimizer = make_optimizer(optim(lr=1e-3), 10, params, decay_mask=matrices)[0]
   opt_shardings = parallel.optimizer_shardings(optimizer, params, shardings, mesh)
   state = jax.jit(optimizer.init, out_shardings=opt_shardings)(parallel.place(
       jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params), shardings))
-  adam = state.inner_states["train"].inner_state[1][0]   # clip, then AdamW's (ScaleByAdamState, ...)
+  adam = state[1][0]   # clip, then AdamW's (ScaleByAdamState, ...)
   up = ("language_model", "layers", "mlp", "up_proj", "kernel")
   pick = lambda tree: functools.reduce(lambda t, k: t[k], up, tree)
   assert pick(adam.mu).sharding == pick(adam.nu).sharding == pick(shardings)

@@ -146,6 +146,11 @@ def data_sharding(mesh: Mesh, batch_axis: int = 0) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(*([None] * batch_axis), ("data", "fsdp")))
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of a value every device holds whole (a random key, a scalar)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
 def batch_shards(mesh: Mesh) -> int:
   """How many ways the batch is split."""
   return mesh.shape["data"] * mesh.shape["fsdp"]

@@ -1,6 +1,6 @@
 """Encoded Diffusion-DPO pairs on disk: the stream reads each pair's latents and its caption's embeddings in
 `pair_batches`' order and layout; a folder resumes only with the settings it was made with and is used only when
-complete. (The encoding pass itself, end to end: tests/launch/test_diffusion_train.py.)"""
+complete. (The encoding pass itself, end to end: tests/train/test_runner_diffusion.py.)"""
 
 import json
 

@@ -54,7 +54,7 @@ def test_full_remat_frees_the_activations_of_unrolled_blocks():
   remat "full" the backward recomputes each block instead of keeping its activations. Were XLA free to merge the
   recomputation with the forward (no optimisation barrier, see `nn.remat.remat`), both would hold the same memory."""
   pytest.importorskip("libtpu", reason="the tpu extra (libtpu) is installed by `make test`")
-  from launch.aot import topology_devices
+  from ureward_jax.train.topology import topology_devices
   chip = jax.sharding.SingleDeviceSharding(topology_devices("v5e-4")[0])
   placed = lambda shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=chip)  # noqa: E731
   x, context = placed((4, 32, 32, 64)), placed((4, 77, 32))

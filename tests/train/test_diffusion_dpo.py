@@ -13,7 +13,9 @@ import transformers
 from tests.tiny_sdxl import UNET
 from ureward_jax.generation import schedulers
 from ureward_jax.models import unet2d
-from ureward_jax.train import diffusion_dpo as D
+from ureward_jax.train import optim
+from ureward_jax.train.accumulate import accumulating_step
+from ureward_jax.train.tasks import diffusion_dpo as D
 
 
 def numpy_loss(model_pred, ref_pred, target, beta):
@@ -97,7 +99,7 @@ def test_adafactor_matches_transformers():
   torch_params = [torch.nn.Parameter(torch.from_numpy(weight.copy())), torch.nn.Parameter(torch.from_numpy(bias.copy()))]
   reference = transformers.optimization.Adafactor(torch_params, lr=1e-2, scale_parameter=False, relative_step=False,
                                                   warmup_init=False, clip_threshold=1.0, weight_decay=1e-2)
-  ours = D.adafactor(1e-2, weight_decay=1e-2, max_grad_norm=None)
+  ours = optim.adafactor(1e-2, weight_decay=1e-2)
   params = {"kernel": jnp.asarray(weight.T), "bias": jnp.asarray(bias)}
   state = ours.init(params)
   for g_weight, g_bias in grads:
@@ -130,12 +132,11 @@ def test_short_run_learns_the_preferences():
   alphas = D.training_alphas_cumprod(turbo=True)
   optimizer = optax.adamw(3e-4)
   # β 500 rather than SDXL's 5000: this toy's denoising errors differ far more between images than a real model's.
-  step = jax.jit(D.make_diffusion_dpo_step(module, optimizer, beta=500.0, alphas_cumprod=alphas,
-                                           scaling_factor=0.13025, turbo=True), donate_argnums=(0, 1))
+  loss_fn = D.diffusion_dpo_loss_fn(module, beta=500.0, alphas_cumprod=alphas, scaling_factor=0.13025, turbo=True)
+  step = jax.jit(accumulating_step(loss_fn, optimizer), donate_argnums=(0, 1))
   rng = np.random.default_rng(3)
   held_out = synthetic_pairs(rng, 16)
-  evaluate = jax.jit(lambda p: D.make_loss_fn(module, 500.0, alphas, 0.13025)(p, reference, held_out,
-                                                                                jax.random.key(99)))
+  evaluate = jax.jit(lambda p: loss_fn(p, reference, held_out, jax.random.key(99)))
   loss, _ = evaluate(reference)
   # Policy = reference: every pair's inside term is 0 up to rounding, which β magnifies a little.
   assert float(loss) == pytest.approx(np.log(2), abs=1e-3)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ureward_jax.train.dpo import completion_logps, dpo_loss
 from ureward_jax.train.losses import token_logprobs
+from ureward_jax.train.tasks.vlm_dpo import completion_logps, dpo_loss
 
 
 def log_sigmoid(x):
@@ -92,7 +92,7 @@ def test_sequence_logps_equal_transformers(checkpoint):
   from PIL import Image
 
   from tests.tiny_llava import FULL, max_rel
-  from ureward_jax.train.dpo import sequence_logps
+  from ureward_jax.train.tasks.vlm_dpo import sequence_logps
   hf, model, tokenizer, _, media = checkpoint
   batch, _ = preference_batch(model, tokenizer, media)
   ours, _, _ = sequence_logps(model.module, model.params, {k: jnp.asarray(v) for k, v in batch.items()})

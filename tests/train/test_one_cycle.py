@@ -1,12 +1,13 @@
-"""`torch_adamw` is torch's AdamW, VideoDPO's optimiser: at a constant rate, and stepped by `one_cycle` as torch's
-OneCycleLR steps it, the same learning rate and β₁ at every step (rising, then falling, β₁ the other way) and the
-same parameter updates."""
+"""The video DPO config's optimiser is torch's AdamW, VideoDPO's: at a constant rate, and stepped by `one_cycle` as
+torch's OneCycleLR steps it, the same learning rate and β₁ at every step (rising, then falling, β₁ the other way)
+and the same parameter updates."""
 
 import numpy as np
 import pytest
 import torch
 
-from ureward_jax.train.optim import one_cycle, torch_adamw
+from configs import dpo_t2v_turbo
+from ureward_jax.train.optim import make_optimizer, one_cycle
 
 # VideoDPO's settings over a short run whose steps cover both phases.
 MAX_LR, TOTAL, PCT, DIV, FINAL = 2e-5, 23, 0.2, 25.0, 10.0
@@ -33,21 +34,30 @@ def run_both(ours, make_scheduler=None, seed=0, on_step=lambda step, group: None
   return moved, weight.detach().numpy() - start
 
 
+def video_optimizer(**overrides):
+  """(optimiser, rate schedule) of configs/dpo_t2v_turbo.py for TOTAL steps at peak MAX_LR."""
+  optim = dpo_t2v_turbo.get_config().optim
+  optim.update(lr=MAX_LR, **overrides)
+  return make_optimizer(optim, TOTAL, np.zeros((5, 3), np.float32))
+
+
 def assert_same_movement(moved, torch_moved):
   np.testing.assert_allclose(moved, torch_moved, rtol=1e-4, atol=1e-4 * np.abs(torch_moved).max())
 
 
 def test_one_cycle_rates_momenta_and_updates_match_torch():
   lr, momentum = one_cycle(MAX_LR, TOTAL, PCT, DIV, FINAL)
+  optimizer, schedule = video_optimizer(schedule="onecycle", pct_start=PCT, div_factor=DIV, final_div_factor=FINAL)
   rates = []
 
   def check(step, group):
     np.testing.assert_allclose(float(lr(step)), group["lr"], rtol=1e-5)
+    assert float(schedule(step)) == float(lr(step))
     np.testing.assert_allclose(float(momentum(step)), group["betas"][0], rtol=1e-6)
     rates.append(group["lr"])
 
   moved, torch_moved = run_both(
-      torch_adamw(lr, b1=momentum),
+      optimizer,
       lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=MAX_LR, total_steps=TOTAL, pct_start=PCT,
                                                       anneal_strategy="cos", div_factor=DIV, final_div_factor=FINAL),
       on_step=check)
@@ -56,7 +66,7 @@ def test_one_cycle_rates_momenta_and_updates_match_torch():
 
 
 def test_constant_rate_updates_match_torch():
-  assert_same_movement(*run_both(torch_adamw(MAX_LR), seed=2))
+  assert_same_movement(*run_both(video_optimizer()[0], seed=2))
 
 
 def test_too_few_steps_for_two_phases_is_refused():

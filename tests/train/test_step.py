@@ -1,4 +1,5 @@
-"""The SFT step: learns, accumulates gradients as averaged micro-batches, freezes parts, shards exactly."""
+"""The reward SFT step (its loss through the one accumulating step): learns, accumulates gradients as averaged
+micro-batches, freezes parts, shards exactly."""
 
 import flax.linen as nn
 import jax
@@ -9,12 +10,15 @@ import pytest
 import transformers
 
 from tests.models.test_structure import CONFIG
+from tests.train.settings import optim
 from ureward_jax import parallel
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
 from ureward_jax.processing.feature_layout import VisualItem, build_layout
+from ureward_jax.train import trainable
+from ureward_jax.train.accumulate import accumulating_step
 from ureward_jax.train.losses import IGNORE
-from ureward_jax.train.optim import learning_rate_schedule, make_optimizer
-from ureward_jax.train.step import completion_logprobs, loss_fn, make_sft_step
+from ureward_jax.train.optim import learning_rate_schedule, make_optimizer, matrices
+from ureward_jax.train.tasks.reward_sft import completion_logprobs, sft_loss_fn, tunable_mask
 
 TOKENS = 5  # visual tokens per sample: the 2×2 patch features of a 28-px image and a newline
 
@@ -38,6 +42,18 @@ def make_batch(seed, accum=2, batch=4, length=12):
               visual_dest=jnp.asarray(dest, jnp.int32))
 
 
+def sft_step(module, optimizer, logits_chunk=1024, mask=None):
+  """step(params, opt_state, batch) of reward SFT, as the runner builds it (no reference, an unused key)."""
+  step = accumulating_step(sft_loss_fn(module, logits_chunk), optimizer, mask, summed=("tokens",))
+  return lambda p, o, b: step(p, o, b, None, jax.random.key(0))
+
+
+def adamw(params, mask=None, rates={}, **overrides):
+  """The reward tasks' AdamW over the trained part of `params`."""
+  return make_optimizer(optim(**overrides), 10, trainable.split(params, mask)[0], decay_mask=matrices,
+                        part_rates=rates)[0]
+
+
 @pytest.fixture(scope="module")
 def params():
   return nn.unbox(init_params(CONFIG, jax.random.key(0)))
@@ -59,8 +75,8 @@ def test_schedule_equals_transformers_cosine_with_warmup():
 
 def test_loss_falls(params):
   module = LlavaOnevision(CONFIG)
-  optimizer = make_optimizer(params, lr=1e-2, num_steps=40, warmup_ratio=0.1)
-  step = jax.jit(make_sft_step(module, optimizer, logits_chunk=5), donate_argnums=(0, 1))
+  optimizer = make_optimizer(optim(warmup_ratio=0.1), 40, params, decay_mask=matrices)[0]
+  step = jax.jit(sft_step(module, optimizer, logits_chunk=5), donate_argnums=(0, 1))
   p, state = jax.tree.map(jnp.copy, params), optimizer.init(params)
   batch = make_batch(0)
   losses = []
@@ -75,9 +91,10 @@ def test_accumulation_averages_micro_batch_gradients(params):
   module = LlavaOnevision(CONFIG)
   batch = make_batch(1)
   sgd = optax.sgd(1.0)
-  step = jax.jit(make_sft_step(module, sgd, logits_chunk=7))
+  step = jax.jit(sft_step(module, sgd, logits_chunk=7))
   new, _, _ = step(params, sgd.init(params), batch)
-  grad = jax.jit(jax.grad(lambda p, mb: loss_fn(module, p, mb, 7)[0]))
+  loss_fn = sft_loss_fn(module, 7)
+  grad = jax.jit(jax.grad(lambda p, mb: loss_fn(p, None, mb, None)[0]))
   grads = [grad(params, jax.tree.map(lambda x, i=i: x[i], batch)) for i in range(2)]
   expected = jax.tree.map(lambda p, a, b: p - 0.5 * (a + b), params, *grads)
   for got, want in zip(jax.tree.leaves(new), jax.tree.leaves(expected)):
@@ -86,26 +103,27 @@ def test_accumulation_averages_micro_batch_gradients(params):
 
 def test_frozen_parts_do_not_move(params):
   module = LlavaOnevision(CONFIG)
-  optimizer = make_optimizer(params, lr=1e-2, num_steps=10, parts=("mm_language_model",))
-  step = jax.jit(make_sft_step(module, optimizer))
-  new, _, _ = step(params, optimizer.init(params), make_batch(2))
+  mask = tunable_mask(params, ("mm_language_model",))
+  optimizer = adamw(params, mask)
+  step = jax.jit(sft_step(module, optimizer, mask=mask))
+  new, _, _ = step(params, optimizer.init(trainable.split(params, mask)[0]), make_batch(2))
   same = lambda tree_a, tree_b: all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(tree_a),
                                                                         jax.tree.leaves(tree_b)))
   assert same(new["vision_tower"], params["vision_tower"])
   assert same(new["multi_modal_projector"], params["multi_modal_projector"])
   assert not same(new["language_model"], params["language_model"])
   assert not np.array_equal(new["image_newline"], params["image_newline"])
-  with pytest.raises(ValueError, match="unknown tunable parts"):
-    make_optimizer(params, lr=1e-2, num_steps=10, parts=("mm_everything",))
+  with pytest.raises(ValueError, match="unknown train.tunable_parts"):
+    tunable_mask(params, ("mm_everything",))
 
 
 def test_part_learning_rates_scale_that_parts_update(params):
   module = LlavaOnevision(CONFIG)
   batch = make_batch(4)
   moved = {}
-  for rates in ({}, dict(projector_lr=1e-3, vision_tower_lr=2.5e-3)):
-    optimizer = make_optimizer(params, lr=1e-2, num_steps=10, weight_decay=0.1, **rates)
-    new, _, _ = jax.jit(make_sft_step(module, optimizer))(params, optimizer.init(params), batch)
+  for rates in ({}, dict(multi_modal_projector=1e-3, vision_tower=2.5e-3)):
+    optimizer = adamw(params, rates=rates, weight_decay=0.1)
+    new, _, _ = jax.jit(sft_step(module, optimizer))(params, optimizer.init(params), batch)
     moved[bool(rates)] = jax.tree.map(lambda a, b: np.asarray(a - b), new, params)
   for part, ratio in (("multi_modal_projector", 0.1), ("vision_tower", 0.25), ("language_model", 1.0)):
     for scaled, plain in zip(jax.tree.leaves(moved[True][part]), jax.tree.leaves(moved[False][part])):
@@ -119,8 +137,8 @@ def test_sharded_step_equals_single_device_step(params, shape):
   module = LlavaOnevision(CONFIG)
   # AdamW with eps = 1: on the first step Adam's g / (|g| + eps) would turn float noise in near-zero gradients into
   # full-size updates; a large eps keeps the update proportional to the gradient, so the comparison is well posed.
-  optimizer = make_optimizer(params, lr=1e-3, num_steps=10, eps=1.0)
-  step = make_sft_step(module, optimizer, logits_chunk=5)
+  optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, eps=1.0))
+  step = sft_step(module, optimizer, logits_chunk=5)
   batch = make_batch(3, batch=8)   # one sample per data × fsdp shard
   single, _, single_metrics = jax.jit(step)(params, optimizer.init(params), batch)
 

@@ -14,8 +14,10 @@ from tests.tiny_sdxl import VAE
 from tests.video_reference import UNetModel
 from ureward_jax.generation import schedulers
 from ureward_jax.models import clip_text, unet3d, vae
-from ureward_jax.train import diffusion_dpo, trainable
-from ureward_jax.train import video_dpo as V
+from ureward_jax.train import trainable
+from ureward_jax.train.accumulate import accumulating_step
+from ureward_jax.train.tasks import diffusion_dpo
+from ureward_jax.train.tasks import video_dpo as V
 
 # VideoCrafter2's layout at toy width (as tests/models/test_videocrafter.py): GroupNorm-32, two levels, heads of 16.
 TINY = dict(model_channels=32, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(1, 2),
@@ -63,8 +65,8 @@ def test_a_step_moves_the_linear_layers_only(unet):
   optimizer = optax.adamw(1e-3)
   trained, frozen = trainable.split(reference, mask)
   opt_state = optimizer.init(trained)
-  step = jax.jit(V.make_video_dpo_step(module, optimizer, 5000.0, schedulers.alphas_cumprod(), 0.18215, mask,
-                                       **VIDEODPO))
+  loss_fn = V.video_dpo_loss_fn(module, 5000.0, schedulers.alphas_cumprod(), 0.18215, **VIDEODPO)
+  step = jax.jit(accumulating_step(loss_fn, optimizer, mask))
   batch = jax.tree.map(lambda x: x[None], synthetic_pairs(np.random.default_rng(0), 2))
   params, opt_state, metrics = step(jax.tree.map(jnp.copy, reference), opt_state, batch, reference,
                                     jax.random.key(0))
@@ -86,7 +88,7 @@ def test_the_reference_draws_dropout_masks_of_its_own(unet):
   batch = synthetic_pairs(np.random.default_rng(0), 2)
 
   def mse(**options):
-    loss_fn = V.make_loss_fn(module, 5000.0, schedulers.alphas_cumprod(), 0.18215, **VIDEODPO, **options)
+    loss_fn = V.video_dpo_loss_fn(module, 5000.0, schedulers.alphas_cumprod(), 0.18215, **VIDEODPO, **options)
     _, metrics = jax.jit(loss_fn)(params, params, batch, jax.random.key(0))
     return float(metrics["model_mse"]), float(metrics["ref_mse"])
 
@@ -134,10 +136,11 @@ def test_short_run_learns_the_preferences():
   options = dict(timestep_values=schedulers.TURBO_TRAIN_TIMESTEPS)
   optimizer = optax.adamw(3e-4)
   # β 500 rather than 5000: this toy's denoising errors differ far more between clips than a real model's.
-  step = jax.jit(V.make_video_dpo_step(module, optimizer, 500.0, alphas, 0.18215, **options), donate_argnums=(0, 1))
+  step = jax.jit(accumulating_step(V.video_dpo_loss_fn(module, 500.0, alphas, 0.18215, **options), optimizer),
+                 donate_argnums=(0, 1))
   rng = np.random.default_rng(3)
   held_out = synthetic_pairs(rng, 16)
-  evaluate = jax.jit(lambda p: V.make_loss_fn(module, 500.0, alphas, 0.18215, training=False, **options)(
+  evaluate = jax.jit(lambda p: V.video_dpo_loss_fn(module, 500.0, alphas, 0.18215, training=False, **options)(
       p, reference, held_out, jax.random.key(99)))
   loss, _ = evaluate(reference)
   # Policy = reference: every term is 0.72 · log 2 up to rounding, which β magnifies a little.

@@ -39,6 +39,9 @@ _DIFFUSERS_DEFAULTS = {
 TURBO_TRAIN_TIMESTEPS = (249, 499, 749, 999)
 # VideoDPO's T2V-Turbo timesteps: the 50-step DDIM grid of VideoCrafter2, 20·k + 19.
 DDIM50_TRAIN_TIMESTEPS = tuple(range(19, 1000, 20))
+# VideoCrafter2's training schedule (its model yaml), which T2V-Turbo's LCM sampler distils from in 50 origin steps.
+VIDEOCRAFTER_SCHEDULER = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+                          "beta_schedule": "scaled_linear", "origin_steps": 50}
 
 
 def betas(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,

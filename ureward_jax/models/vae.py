@@ -106,6 +106,12 @@ class AutoencoderKLConfig:
     return d
 
 
+# VideoCrafter2's VAE, latent-diffusion's AutoencoderKL: ddconfig ch 128, ch_mult (1, 2, 4, 4), 2 res blocks, z 4;
+# scale_factor 0.18215.
+LDM_VAE = AutoencoderKLConfig(block_out_channels=(128, 256, 512, 512), scaling_factor=0.18215, sample_size=512,
+                              force_upcast=False)
+
+
 class Attention(nn.Module):
   """The mid block's self-attention: GN → q, k, v (with biases) → one head as wide as the channels over the H·W
   positions → `to_out_0` → + input. x (B, H, W, C) → (B, H, W, C)."""

@@ -1,4 +1,5 @@
-"""Analytic model FLOPs of the reward-model step, and the accelerator peaks that model-FLOPs utilisation divides by.
+"""Analytic model FLOPs of the LLaVA-OneVision steps, and the accelerator peaks that model-FLOPs utilisation divides
+by (the diffusion tasks count their UNet's forward with XLA: `tasks.diffusion_dpo.DiffusionDPO.flops`).
 
 XLA's cost analysis counts a scanned layer once, so utilisation comes from the architecture instead: 6 FLOPs per
 parameter per token for the forward and backward matmuls, plus causal attention.

@@ -1,28 +1,41 @@
-"""Optimisers, learning-rate schedules and module freezing.
+"""Every optimiser and learning-rate schedule of the training tasks, built from a config's `optim` section.
 
-AdamW with global-norm clipping and the transformers Trainer's schedules (linear warm-up over
-ceil(warmup_ratio · steps) steps, then cosine or linear decay to 0, or constant). Freezing follows LLaVA-NeXT's
-`mm_tunable_parts`: a frozen part gets no update and no optimiser state beyond zeros. `torch_adamw` is torch's AdamW,
-the video DPO run's optimiser, at a constant rate or stepped by `one_cycle` (torch's `OneCycleLR`).
+- `adamw`: AdamW with optional global-norm clipping. Which parameters decay is the task's choice: transformers'
+  Trainer skips biases and norms (the reward model and VLM DPO), torch's `AdamW(params)` decays every parameter (the
+  diffusion runs).
+- `adafactor`: transformers' `Adafactor(scale_parameter=False, relative_step=False, warmup_init=False)`, DiffusionDPO's
+  choice for SDXL.
+- Schedules: `cosine`, `linear` (the Trainer's: linear warm-up over ceil(warmup_ratio · steps), then decay to 0),
+  `constant` (after the same warm-up) and `onecycle` (torch's `OneCycleLR`, which also cycles Adam's β₁).
+
+The optimiser sees the trained subtree alone (`trainable.split`): a frozen parameter has no gradient, no update and no
+state.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
-# LLaVA-NeXT's tunable parts → our top-level parameter groups. `image_newline` trains with the language model there
-# (its rule is "everything outside the vision tower and projector").
-TUNABLE_PARTS = {
-    "mm_language_model": ("language_model", "image_newline"),
-    "mm_mlp_adapter": ("multi_modal_projector",),
-    "mm_vision_tower": ("vision_tower",),
-}
-ALL_PARTS = tuple(TUNABLE_PARTS)
+NAMES = ("adamw", "adafactor")
+SCHEDULES = ("cosine", "linear", "constant", "onecycle")
+# The keys of `optim` every config declares, and those that only one optimiser or schedule reads.
+KEYS = ("name", "lr", "schedule", "warmup_ratio", "weight_decay", "clip_norm")
+EXTRA_KEYS = {"adafactor": ("clip_threshold",), "onecycle": ("pct_start", "div_factor", "final_div_factor")}
+
+
+def config_keys(optim: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The `optim` keys a config with this optimiser and schedule must declare (and may not exceed)."""
+  if optim.name not in NAMES:
+    raise ValueError(f"optim.name {optim.name!r} is not one of {NAMES}")
+  if optim.schedule not in SCHEDULES:
+    raise ValueError(f"optim.schedule {optim.schedule!r} is not one of {SCHEDULES}")
+  return KEYS + EXTRA_KEYS.get(optim.name, ()) + EXTRA_KEYS.get(optim.schedule, ())
 
 
 def learning_rate_schedule(lr: float, num_steps: int, schedule: str = "cosine", warmup_ratio: float = 0.0):
@@ -62,49 +75,55 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_facto
           annealed(max_momentum, base_momentum, max_momentum))
 
 
-def torch_adamw(learning_rate, weight_decay: float = 1e-2, b1=0.9, b2: float = 0.999, eps: float = 1e-8,
-                clip_norm: float | None = None) -> optax.GradientTransformation:
-  """torch's `AdamW(params, lr)`: Adam with decoupled weight decay (1e-2 by default) on every parameter, optionally
-  after global-norm clipping. `learning_rate` and `b1` are numbers or schedules (`one_cycle`'s pair: torch's
-  OneCycleLR writes its momentum into `betas`); both are kept in the state (`inject_hyperparams`)."""
-  adamw = optax.inject_hyperparams(optax.adamw)(learning_rate=learning_rate, b1=b1, b2=b2, eps=eps,
-                                                weight_decay=weight_decay)
-  return optax.chain(optax.clip_by_global_norm(clip_norm), adamw) if clip_norm else adamw
+def adafactor(learning_rate, weight_decay: float = 1e-2, clip_threshold: float = 1.0) -> optax.GradientTransformation:
+  """transformers' `Adafactor(scale_parameter=False, relative_step=False, warmup_init=False)`: factored second moments
+  (β₂ₜ = 1 − t^−0.8, ε 1e-30), each update clipped to RMS ≤ `clip_threshold`, decoupled weight decay
+  p ← p − lr·wd·p, no momentum. Matrices are factored over their two largest axes (transformers: the last two of the
+  PyTorch layout), which differs for conv kernels only."""
+  return optax.chain(optax.scale_by_factored_rms(decay_rate=0.8, epsilon=1e-30, min_dim_size_to_factor=1),
+                     optax.clip_by_block_rms(clip_threshold),
+                     optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_learning_rate(learning_rate))
 
 
-def trainable_labels(params: dict, parts: Sequence[str] = ALL_PARTS) -> dict:
-  """"train" / "freeze" for every leaf, by top-level group."""
-  unknown = set(parts) - set(TUNABLE_PARTS)
-  if unknown:
-    raise ValueError(f"unknown tunable parts {sorted(unknown)}; expected some of {list(TUNABLE_PARTS)}")
-  groups = {group for part in parts for group in TUNABLE_PARTS[part]}
-  return {name: jax.tree.map(lambda _, n=name: "train" if n in groups else "freeze", tree)
-          for name, tree in params.items()}
+def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int, params: Any, peak_lr: float | None = None,
+                   decay_mask: Callable[[Any], Any] | None = None, part_rates: Mapping[str, float | None] = {}
+                   ) -> tuple[optax.GradientTransformation, Callable[[int], Any]]:
+  """(optimiser of the trained `params`, its learning-rate schedule by step) from the `optim` section.
 
-
-def make_optimizer(params: dict, lr: float, num_steps: int, schedule: str = "cosine", warmup_ratio: float = 0.0,
-                   weight_decay: float = 0.0, clip_norm: float | None = 1.0, b1: float = 0.9, b2: float = 0.999,
-                   eps: float = 1e-8, parts: Sequence[str] = ALL_PARTS, projector_lr: float | None = None,
-                   vision_tower_lr: float | None = None) -> optax.GradientTransformation:
-  """AdamW for the trainable parts of `params` (decay on matrices only, as transformers' Trainer skips biases and
-  norms), nothing for the frozen ones.
-
-  `projector_lr` / `vision_tower_lr` are LLaVA-NeXT's `mm_projector_lr` / `mm_vision_tower_lr`: that part's peak
-  learning rate, on the same schedule (None: `lr`). AdamW's whole update, decay included, is proportional to the
-  learning rate, so each part's update is the common one scaled by its rate over `lr`; clipping stays global.
+  peak_lr: the peak rate when the task derives it from `optim.lr` (DiffusionDPO's scaling by the batch); default
+  `optim.lr`. decay_mask: params → tree of bools, the leaves AdamW decays (None: all, as torch's AdamW). part_rates:
+  {top-level parameter group: its own peak rate} on the same schedule (LLaVA-NeXT's `mm_projector_lr`,
+  `mm_vision_tower_lr`; None: the common rate). The optimiser's whole update, decay included, is proportional to the
+  rate, so a group's update is the common one scaled by its rate over the peak; clipping stays global.
   """
-  decay_mask = jax.tree.map(lambda p: p.ndim >= 2, params)
-  adamw = optax.adamw(learning_rate_schedule(lr, num_steps, schedule, warmup_ratio), b1=b1, b2=b2, eps=eps,
-                      weight_decay=weight_decay, mask=decay_mask)
-  chain = [optax.clip_by_global_norm(clip_norm)] if clip_norm else []
-  train = optax.chain(*chain, adamw)
-  optimizer = optax.multi_transform({"train": train, "freeze": optax.set_to_zero()}, trainable_labels(params, parts))
-  rates = {"multi_modal_projector": projector_lr, "vision_tower": vision_tower_lr}
-  if all(rate is None for rate in rates.values()):
-    return optimizer
-  scales = {name: jax.tree.map(lambda _, r=rates.get(name): 1.0 if r is None else r / lr, tree)
-            for name, tree in params.items()}
-  return optax.chain(optimizer, optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, scales)))
+  config_keys(optim)
+  lr = optim.lr if peak_lr is None else peak_lr
+  if optim.schedule == "onecycle":
+    learning_rate, b1 = one_cycle(lr, num_steps, optim.pct_start, optim.div_factor, optim.final_div_factor)
+  else:
+    learning_rate, b1 = learning_rate_schedule(lr, num_steps, optim.schedule, optim.warmup_ratio), 0.9
+  if optim.name == "adafactor":
+    update = adafactor(learning_rate, optim.weight_decay, optim.clip_threshold)
+  else:
+    mask = None if decay_mask is None else decay_mask(params)
+    # A scheduled β₁ (torch's OneCycleLR writes it into Adam's betas) must live in the state to change by step.
+    adamw = optax.inject_hyperparams(optax.adamw) if callable(b1) else optax.adamw
+    update = adamw(learning_rate=learning_rate, b1=b1, b2=0.999, eps=1e-8, weight_decay=optim.weight_decay,
+                   mask=mask)
+  chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
+  rates = {name: rate for name, rate in part_rates.items() if rate is not None and name in params}
+  if rates:
+    scales = {name: jax.tree.map(lambda _, r=rates.get(name): 1.0 if r is None else r / lr, tree)
+              for name, tree in params.items()}
+    chain.append(update)
+    update = optax.stateless(lambda updates, _: jax.tree.map(jnp.multiply, updates, scales))
+  return optax.chain(*chain, update), learning_rate
+
+
+def matrices(params: Any) -> Any:
+  """True for every leaf with at least two axes: what transformers' Trainer decays (not biases, not norms)."""
+  return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
 def param_count(params: Any) -> int:

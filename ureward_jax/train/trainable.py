@@ -1,9 +1,8 @@
 """Training part of a model: its params split into a trained and a frozen subtree, and the rules that choose them.
 
-A frozen leaf gets no gradient (none is computed), no update and no optimiser state: the optimiser is initialised on
-the trained subtree alone. Both subtrees are nested dicts laid out as the params, each holding only its own leaves.
-Reward-model training freezes whole parts in the optimiser instead (`optim.trainable_labels`: their gradients are
-computed, then zeroed); for a UNet whose convolutions, most of its weights, stay frozen, not computing them matters.
+The one freezing mechanism of every task (`Task.train_mask`): a frozen leaf gets no gradient (none is computed), no
+update and no optimiser state, as the optimiser is initialised on the trained subtree alone. Both subtrees are nested
+dicts laid out as the params, each holding only its own leaves.
 """
 
 from __future__ import annotations

@@ -10,15 +10,14 @@ import pytest
 from flax import linen as nn
 
 from configs import demo as demo_config
-from launch.shapes_demo import pairwise_accuracy, spearman
-from launch.train import model_config
 from ureward_jax.data import shapes
 from ureward_jax.data.examples import ExampleConfig, make_example
 from ureward_jax.data.pipeline import MODEL_KEYS
 from ureward_jax.data.sources import load_mixture
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
 from ureward_jax.reward import prompts
-from ureward_jax.train.step import completion_logprobs
+from ureward_jax.train.demo import pairwise_accuracy, spearman
+from ureward_jax.train.tasks.reward_sft import completion_logprobs, model_config
 
 
 def test_spearman_averages_tied_ranks():

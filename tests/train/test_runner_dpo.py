@@ -1,4 +1,4 @@
-"""launch.train with train.objective = "dpo" on the shapes world's preference records: rewards in the metrics, the
+"""The runner with train.objective = "dpo" on the shapes world's preference records: rewards in the metrics, the
 margin grows, and a resumed run keeps the starting model as its reference."""
 
 import json
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_config
-from launch.train import train
 from ureward_jax.data import shapes
+from ureward_jax.train.runner import train
 
 STEPS = 8
 
@@ -29,7 +29,8 @@ def config_for(data, workdir, steps=STEPS):
                 tokenizer=str(data / "tokenizer.json"),
                 batch_size=8, max_length=128, buckets=())   # 16 sequences: one pair per device
   c.train.update(objective="dpo", num_steps=steps, log_every=1)
-  c.dpo = dict(beta=0.5, loss_type="sigmoid", label_smoothing=0.0, gamma=0.0, reference_dtype="float32")
+  c.dpo = dict(beta=0.5, loss_type="sigmoid", label_smoothing=0.0, gamma=0.0, reference="step",
+               reference_dtype="float32")
   # A constant rate, so that a run stopped early by a smaller num_steps follows the same schedule.
   c.optim.update(lr=1e-3, warmup_ratio=0.0, schedule="constant")
   c.checkpoint.update(every=4, keep=2)

@@ -1,11 +1,9 @@
-"""launch.train with train.objective = "diffusion_dpo" on the tiny SDXL pipeline: a sharded run writes metrics and
-checkpoints, counts an unreadable pair, and resumes; pairs encoded once by launch.encode_pairs (an interrupted pass
+"""The runner with train.objective = "diffusion_dpo" on the tiny SDXL pipeline: a sharded run writes metrics and
+checkpoints, counts an unreadable pair, and resumes; pairs encoded once by train.encode_pairs (an interrupted pass
 resumed) train exactly as pairs encoded at each step."""
 
 import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -13,10 +11,10 @@ import pytest
 from PIL import Image
 
 from configs import dpo_sdxl_turbo
-from launch import encode_pairs
-from launch.diffusion_train import FrozenEncoders
-from launch.train import train
 from ureward_jax.data.encoded_pairs import EncodedFolder
+from ureward_jax.train import encode_pairs
+from ureward_jax.train.runner import train
+from ureward_jax.train.tasks.diffusion_dpo import FrozenEncoders
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +41,7 @@ def config_for(sdxl, pairs, workdir, steps):
   c.train.update(num_steps=steps, grad_accum=1)
   c.optim.update(lr=1e-4, scale_lr=False, warmup_ratio=0.0)
   c.checkpoint.update(every=2, keep=2)
-  c.mesh.update(data=8, fsdp=1, tensor=1)   # the cheapest program to compile here; UNet sharding: launch.aot
+  c.mesh.update(data=8, fsdp=1, tensor=1)   # the cheapest program to compile here; UNet sharding: tests/train/test_compile.py
   c.remat = "none"
   return c
 
@@ -120,9 +118,3 @@ def test_a_non_sdxl_checkpoint_is_refused(checkpoint, pairs, tmp_path):
   with pytest.raises(ValueError, match="not a converted SDXL pipeline folder"):
     train(c)
 
-
-def test_the_launch_modules_import_together():
-  # Each defines its command-line flags only when run as a program; importing two must not clash.
-  modules = "launch.aot, launch.encode_pairs, launch.train, launch.diffusion_train, launch.shapes_demo, launch.dpo_shapes"
-  subprocess.run([sys.executable, "-c", f"import {modules}"], check=True, cwd=os.path.dirname(os.path.dirname(
-      os.path.dirname(os.path.abspath(__file__)))))

@@ -1,4 +1,4 @@
-"""launch.train with train.objective = "video_dpo" on the tiny T2V-Turbo pipeline: an FSDP-sharded run over mp4 and
+"""The runner with train.objective = "video_dpo" on the tiny T2V-Turbo pipeline: an FSDP-sharded run over mp4 and
 frame-folder pairs trains the Linear layers alone at the config's constant rate, writes metrics and checkpoints,
 counts an unreadable pair, and resumes; the one-cycle schedule on request."""
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from configs import dpo_t2v_turbo
-from launch.train import train
-from launch.video_train import make_optimizer, train_mask
 from tests import tiny_t2v
 from tests.models.test_videocrafter import TINY
 from ureward_jax import pretrained
 from ureward_jax.models import unet3d
 from ureward_jax.processing.video import write_frame_folder, write_video
 from ureward_jax.train import trainable
-from ureward_jax.train.optim import one_cycle
+from ureward_jax.train.optim import make_optimizer, one_cycle
+from ureward_jax.train.runner import train
+from ureward_jax.train.tasks.video_dpo import train_mask
 
 PAIRS, FRAMES = 8, 6
 
@@ -93,12 +93,12 @@ def test_run_trains_linear_layers_logs_checkpoints_and_resumes(t2v, pairs, tmp_p
 def test_one_cycle_on_request_and_unknown_schedules_refused(t2v, pairs, tmp_path):
   c = config_for(t2v, pairs, tmp_path, steps=3)
   c.optim.update(schedule="onecycle", pct_start=0.5)
-  _, lr = make_optimizer(c, 3)
+  _, lr = make_optimizer(c.optim, 3, {})
   want, _ = one_cycle(1e-3, 3, 0.5, 25.0, 10.0)
   np.testing.assert_allclose([float(lr(s)) for s in range(3)], [float(want(s)) for s in range(3)], rtol=1e-6)
-  c.optim.schedule = "cosine"
-  with pytest.raises(ValueError, match="optim.schedule one of"):
-    make_optimizer(c, 3)
+  c.optim.schedule = "onecycles"
+  with pytest.raises(ValueError, match="optim.schedule 'onecycles' is not one of"):
+    make_optimizer(c.optim, 3, {})
 
 
 def test_the_unused_guidance_projection_stays_frozen():
@@ -107,15 +107,15 @@ def test_the_unused_guidance_projection_stays_frozen():
   shapes = unet3d.param_shapes(unet3d.VideoCrafterUNetConfig.from_dict(TINY))
   flat = lambda tree: jax.tree_util.tree_leaves_with_path(tree)  # noqa: E731
   c = dpo_t2v_turbo.get_config()
-  linear, mask = trainable.linear_layers(shapes), train_mask(c, shapes)
+  linear, mask = trainable.linear_layers(shapes), train_mask(c.video_dpo, shapes)
   assert all(jax.tree.leaves(linear["time_cond_proj"])) and not any(jax.tree.leaves(mask["time_cond_proj"]))
   assert [v for k, v in flat(mask) if "time_cond_proj" not in str(k)] == \
       [v for k, v in flat(linear) if "time_cond_proj" not in str(k)]
   c.video_dpo.trainable = "all"
-  mask = train_mask(c, shapes)
+  mask = train_mask(c.video_dpo, shapes)
   assert all(v != ("time_cond_proj" in str(k)) for k, v in flat(mask))   # all but the projection
   c.video_dpo.w_embedding = True
-  assert all(jax.tree.leaves(train_mask(c, shapes)))
+  assert all(jax.tree.leaves(train_mask(c.video_dpo, shapes)))
 
 
 def test_a_non_t2v_checkpoint_is_refused(t2v, pairs, tmp_path):

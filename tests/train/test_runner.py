@@ -1,4 +1,4 @@
-"""launch.train end to end on the shapes world: metrics, checkpoints, preemption and exact resumption, a new mesh."""
+"""The runner end to end on the shapes world: metrics, checkpoints, preemption and exact resumption, a new mesh."""
 
 import json
 import os
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from configs import demo as demo_config
-from launch.train import train
 from ureward_jax.data import shapes
 from ureward_jax.train.loop import Loop, LoopState, NonFiniteLoss
+from ureward_jax.train.runner import train
 
 STEPS = 6
 
