@@ -10,8 +10,9 @@ from absl import flags
 
 from ureward_jax.data import shapes
 from ureward_jax.data.examples import BadRecord, ExampleConfig, make_example
+from ureward_jax.data.jsonl import read_records
 from ureward_jax.data.pipeline import DataConfig, batches
-from ureward_jax.data.sources import Record, load_mixture, read_records, sample
+from ureward_jax.data.sources import Record, load_mixture, sample
 from ureward_jax.models.llava_onevision import PRESETS
 from ureward_jax.processing.chat import IGNORE
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 import ureward_jax
-from ureward_jax.cli import _read_prompts, main
+from ureward_jax.cli import main
+from ureward_jax.cli.generate import read_prompts
 from ureward_jax.preference.build import judge_rows
 
 PROMPTS = ["the cat and the dog", "a red cat", "a blue dog", "the red and the blue"]
@@ -152,10 +153,10 @@ def test_bad_model_folders(sdxl, first_run, tmp_path):
 
 def test_prompt_files(tmp_path):
   (tmp_path / "a.txt").write_text("\n one \n\ntwo\n")
-  assert _read_prompts(str(tmp_path / "a.txt")) == [("p00000", "one"), ("p00001", "two")]
+  assert read_prompts(str(tmp_path / "a.txt")) == [("p00000", "one"), ("p00001", "two")]
   rows = [{"id": "cat", "prompt": "a cat"}, {"caption": "a dog"}, {"id": 7, "caption": "seven"}]
   (tmp_path / "b.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
-  assert _read_prompts(str(tmp_path / "b.jsonl")) == [("cat", "a cat"), ("p00001", "a dog"), (7, "seven")]
+  assert read_prompts(str(tmp_path / "b.jsonl")) == [("cat", "a cat"), ("p00001", "a dog"), (7, "seven")]
 
 
 @pytest.mark.parametrize("text, message", [

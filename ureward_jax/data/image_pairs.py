@@ -19,7 +19,6 @@ is logged with its id and reason and kept in its slot with zero pixels and weigh
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from typing import Sequence
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from ureward_jax.data.sources import read_records
+from ureward_jax.data.jsonl import read_records
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 
 REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -52,7 +51,7 @@ def load_pairs(path: str, image_folder: str | None = None) -> list[dict]:
   """The pairs of a JSONL file (or a `.json` list), validated, ties dropped, image paths resolved against
   `image_folder` (default the file's folder); other fields are kept."""
   folder = os.path.dirname(os.path.abspath(path)) if image_folder is None else image_folder
-  rows = read_rows(path)
+  rows = read_records(path)
   pairs, ties = [], 0
   for where, row in rows:
     missing = [key for key in REQUIRED if key not in row]
@@ -74,26 +73,6 @@ def load_pairs(path: str, image_folder: str | None = None) -> list[dict]:
   if ties:
     logging.info("%s: dropped %d of %d pairs that are ties (label_0 = 0.5)", path, ties, len(rows))
   return pairs
-
-
-def read_rows(path: str) -> list[tuple[str, dict]]:
-  """(where, row) of each record of a JSONL file (blank lines skipped) or a `.json` list, `where` naming the file and
-  line for error messages; a record that is not a JSON object is an error."""
-  if path.endswith(".json"):
-    rows = [(f"{path}: record {i}", row) for i, row in enumerate(read_records(path))]
-  else:
-    rows = []
-    with open(path) as f:
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            rows.append((f"{path}:{number}", json.loads(line)))
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-  for where, row in rows:
-    if not isinstance(row, dict):
-      raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-  return rows
 
 
 def preprocess(image: Image.Image, resolution: int, flip: bool) -> np.ndarray:

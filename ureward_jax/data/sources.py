@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 import yaml
 
+from ureward_jax.data.jsonl import read_records
+
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -43,27 +45,6 @@ class Record:
   data: dict
   image_folder: str
   source: str   # the file it came from, for messages
-
-
-def read_records(path: str) -> list[dict]:
-  """The records of a `.json` list or a `.jsonl` file (one object per line; blank lines allowed)."""
-  with open(path) as f:
-    if path.endswith(".jsonl"):
-      records = []
-      for number, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            records.append(json.loads(line))
-          except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from None
-    else:
-      try:
-        records = json.load(f)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-  if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-    raise ValueError(f"{path}: expected a list of records (JSON objects)")
-  return records
 
 
 def sample_indices(total: int, strategy: str, seed: int = 0) -> np.ndarray:
@@ -176,7 +157,7 @@ def load_mixture(path: str, image_folder: str | None = None, seed: int = 0) -> S
   """All records of a mixture (`.yaml`) or of one JSON / JSONL file, in entry order then record order."""
   if not path.endswith((".yaml", ".yml")):
     folder = image_folder or os.path.dirname(os.path.abspath(path))
-    return [Record(r, folder, path) for r in read_records(path)]
+    return [Record(r, folder, path) for _, r in read_records(path)]
   with open(path) as f:
     spec = yaml.safe_load(f)
   if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
@@ -189,7 +170,7 @@ def load_mixture(path: str, image_folder: str | None = None, seed: int = 0) -> S
     if "json_path" in entry:
       json_path = os.path.join(base, entry["json_path"])
       folder = os.path.join(base, entry.get("image_folder") or image_folder or os.path.dirname(json_path))
-      source = [Record(r, folder, json_path) for r in read_records(json_path)]
+      source = [Record(r, folder, json_path) for _, r in read_records(json_path)]
     else:
       data_dir = entry.get("data_dir") and os.path.join(base, entry["data_dir"])
       folder = os.path.join(base, entry.get("image_folder") or image_folder or ".")

@@ -26,7 +26,8 @@ import grain
 import numpy as np
 from PIL import Image
 
-from ureward_jax.data.image_pairs import PairDataConfig, pair_stream, read_rows
+from ureward_jax.data.image_pairs import PairDataConfig, pair_stream
+from ureward_jax.data.jsonl import read_records
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
 from ureward_jax.processing.video import read_clip
 
@@ -50,7 +51,7 @@ def load_video_pairs(path: str, video_folder: str | None = None) -> list[dict]:
   the file's folder); other fields are kept."""
   folder = os.path.dirname(os.path.abspath(path)) if video_folder is None else video_folder
   pairs = []
-  for where, row in read_rows(path):
+  for where, row in read_records(path):
     missing = [key for key in REQUIRED if key not in row]
     if missing:
       raise ValueError(f"{where}: a video pair needs {', '.join(REQUIRED)}; missing {', '.join(missing)}")

@@ -1,0 +1,52 @@
+"""The `ureward` command: judge with a reward model, evaluate on benchmarks, build preference pairs, and generate
+the candidates they are built from. One module per subcommand (`score`, `evaluate`, `build_pairs`, `generate`), each
+with its `add_arguments` and `run`; `common` holds what they share.
+
+  ureward score --model DIR --task TASK --mode {pair,point} --input in.jsonl --output out.jsonl ...
+  ureward eval --benchmark NAME --model DIR --input records.jsonl --output judged.jsonl ...
+  ureward build-pairs --model DIR --task TASK --input items.jsonl --output pairs.jsonl ...
+  ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR ...
+
+Every command appends its results to JSONL a batch at a time and, run again with the same output, skips what is
+there. Helpers raise; `main` alone turns a user's error into a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ureward_jax.cli import build_pairs, common, evaluate, generate, score
+
+COMMANDS = (score, evaluate, build_pairs, generate)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+  """Ends each option's help with its default; an option defaulting to None says in its help what happens then."""
+
+  def _get_help_string(self, action: argparse.Action) -> str:
+    return action.help if action.default is None else super()._get_help_string(action)
+
+
+def parser() -> argparse.ArgumentParser:
+  """The `ureward` parser: one subparser per command module, which sets `run` to the module's `run`."""
+  top = argparse.ArgumentParser(prog="ureward", description="UnifiedReward in JAX.")
+  commands = top.add_subparsers(dest="command", required=True)
+  for module in COMMANDS:
+    command = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+                                  formatter_class=_HelpFormatter)
+    module.add_arguments(command)
+    command.set_defaults(run=module.run)
+  return top
+
+
+def main(argv=None) -> int:
+  """Run one command; 0 when it finished. A user's error ends it as SystemExit("error: ..."), which Python prints
+  as that one line on stderr with exit status 1 (callers in Python see the message); a bad command line exits with
+  argparse's usage message and status 2."""
+  args = parser().parse_args(argv)
+  try:
+    return args.run(args)
+  except FileNotFoundError as e:   # a missing input, output folder or checkpoint component
+    raise SystemExit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}") from None
+  except (common.UsageError, ValueError) as e:   # ValueError: the library's refusals of options and malformed files
+    raise SystemExit(f"error: {e}") from None

@@ -1,0 +1,238 @@
+"""`ureward generate`: sample N candidate images or videos per prompt, the items `build-pairs` judges.
+
+  ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR [--task image|video]
+                   [--steps N] [--height H] [--width W] [--seed 0] [--batch-size 8] [--dtype float32|bfloat16]
+                   [--frames 16] [--fps 8] [--guidance-scale 7.5] [--video-format mp4|frames]
+
+Samples N candidates per prompt into OUT and appends {"id", "prompt", "candidates": [...]} to OUT/candidates.jsonl
+once all of a prompt's candidates are saved: the items `build-pairs --task image_generation` (or
+`video_generation`) reads. Images: a converted SDXL pipeline (1 step at 512²) writes OUT/images/{id}_{k}.png.
+Videos: a converted T2V-Turbo pipeline (4 steps, 16 frames at 320×512, fps 8, guidance 7.5, as UnifiedReward's
+data) writes OUT/videos/{id}_{k}.mp4 (H.264, crf 10, as the original saves them) or, with --video-format frames, a
+folder of PNG frames OUT/videos/{id}_{k}/.
+
+Prompts: a text file, one per line (blank lines skipped), or a .jsonl with "prompt" (or "caption") and optional "id";
+ids default to the prompt's position, "p00000". Candidate k of prompt i draws its noise from (seed, i × N + k) alone,
+so batching does not change it. Files are written under a temporary name and renamed; a re-run skips the ids
+already in candidates.jsonl, keeps the candidates an interrupted run finished, and refuses settings (seed, steps,
+size, N, dtype, and for videos frames, fps, guidance, format) other than those OUT/generate.json records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+
+from tqdm import tqdm
+
+from ureward_jax.cli import common
+from ureward_jax.data.jsonl import read_lines
+
+NAME = "generate"
+HELP = "sample candidate images (SDXL) or videos (T2V-Turbo) per prompt"
+# The settings a candidate depends on besides its prompt and index: a re-run into the same --out must repeat them.
+_SETTINGS = ("seed", "steps", "height", "width", "num_per_prompt", "dtype")
+_VIDEO_SETTINGS = ("frames", "fps", "guidance_scale", "video_format")
+# task → (pipeline model_type, its name with article, its converter, default steps and height)
+_GENERATORS = {"image": ("sdxl", "an SDXL", "converters.sdxl", 1, 512),
+               "video": ("t2v_turbo", "a T2V-Turbo", "converters.t2v_turbo", 4, 320)}
+
+
+def add_arguments(command: argparse.ArgumentParser) -> None:
+  command.add_argument("--model", required=True, help="converted pipeline folder: SDXL (python -m converters.sdxl) "
+                       "for images, T2V-Turbo (python -m converters.t2v_turbo) for videos")
+  command.add_argument("--task", default="image", choices=sorted(_GENERATORS), help="what to sample")
+  command.add_argument("--prompts", required=True,
+                       help="text file, one prompt per line, or .jsonl with 'prompt' (or 'caption') and optional 'id'")
+  command.add_argument("--num-per-prompt", type=int, required=True,
+                       help="candidates per prompt (build-pairs needs an even number)")
+  command.add_argument("--out", required=True, help="folder of images/ or videos/ and candidates.jsonl (appended "
+                       "to; ids already there are skipped)")
+  command.add_argument("--steps", type=int, default=None,
+                       help="sampling steps (default: images 1, SDXL-Turbo takes 1 to 4; videos 4, T2V-Turbo's LCM)")
+  command.add_argument("--height", type=int, default=None, help="default: images 512, videos 320")
+  command.add_argument("--width", type=int, default=512, help="candidate width in pixels")
+  command.add_argument("--seed", type=int, default=0, help="candidate k of prompt i draws noise (seed, i × N + k)")
+  command.add_argument("--batch-size", type=int, default=8, help="candidates per pipeline call")
+  command.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
+  command.add_argument("--frames", type=int, default=16, help="video frames")
+  command.add_argument("--fps", type=int, default=8, help="the frame rate the UNet is told and the mp4 plays at")
+  command.add_argument("--guidance-scale", type=float, default=7.5, help="T2V-Turbo's embedded guidance scale")
+  command.add_argument("--video-format", default="mp4", choices=("mp4", "frames"),
+                       help="an H.264 mp4 per video, or a folder of PNG frames (lossless)")
+
+
+def read_prompts(path: str) -> list[tuple]:
+  """(id, prompt) of each prompt of a text file (one per line, blank lines skipped) or a .jsonl file ("prompt" or
+  "caption", optional "id"); ids default to the prompt's position among the prompts, "p00000"."""
+  entries = []
+  if path.endswith(".jsonl"):
+    for line in read_lines(path):
+      if line.row is None:
+        raise common.UsageError(f"{path} line {line.number}: unreadable line: {line.error}")
+      text = line.row.get("prompt", line.row.get("caption"))
+      if not isinstance(text, str) or not text.strip():
+        raise common.UsageError(f"{path} line {line.number}: a row must be a JSON object with a non-empty 'prompt' "
+                                "(or 'caption')")
+      prompt_id = line.row.get("id", f"p{len(entries):05d}")
+      if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
+        raise common.UsageError(f"{path} line {line.number}: 'id' must be a string or an integer, got {prompt_id!r}")
+      entries.append((prompt_id, text))
+  else:
+    with open(path, encoding="utf-8") as f:
+      entries = [(f"p{n:05d}", text) for n, text in enumerate(line.strip() for line in f if line.strip())]
+  if not entries:
+    raise common.UsageError(f"{path} holds no prompts")
+  names = collections.Counter(str(prompt_id) for prompt_id, _ in entries)
+  duplicates = [name for name, count in names.items() if count > 1]
+  if duplicates:
+    raise common.UsageError(f"{path}: duplicate prompt ids {', '.join(map(repr, duplicates[:20]))}"
+                            f"{', ...' if len(duplicates) > 20 else ''} (ids name the image files)")
+  unusable = [name for name in names if name in ("", ".", "..") or any(c in name for c in "/\\\0")]
+  if unusable:
+    raise common.UsageError(f"{path}: prompt ids {', '.join(map(repr, unusable[:20]))} cannot name image files")
+  return entries
+
+
+def _read_json(path: str, what: str) -> dict:
+  """A JSON object file, or a UsageError naming it and what it holds."""
+  with open(path, encoding="utf-8") as f:
+    try:
+      content = json.load(f)
+    except json.JSONDecodeError as e:
+      raise common.UsageError(f"{path} is not valid JSON ({e.msg} at line {e.lineno}); it holds {what}") from None
+  if not isinstance(content, dict):
+    raise common.UsageError(f"{path} is not a JSON object; it holds {what}")
+  return content
+
+
+def _check_pipeline_folder(folder: str, task: str) -> None:
+  """Refuse anything but a converted pipeline of `task`'s kind."""
+  expected, name, converter = _GENERATORS[task][:3]
+  config_file = os.path.join(folder, "config.json")
+  hint = f"convert one with `python -m {converter} --src SRC --dst DIR`"
+  if not os.path.isfile(config_file):
+    raise common.UsageError(f"{folder} is not a converted {name.split()[1]} pipeline folder: {config_file} is "
+                            f"missing ({hint})")
+  model_type = _read_json(config_file, "the pipeline's configuration").get("model_type")
+  if model_type != expected:
+    raise common.UsageError(f"{folder} is not {name} pipeline folder: its model_type is {model_type!r}, not "
+                            f"{expected!r} (--task {task}; {hint})")
+
+
+def _settings_due(path: str, settings: dict, keys) -> bool:
+  """Whether `path` (the settings of the candidates already in --out) is still to be written; refuses a run whose
+  `keys` differ from those it records."""
+  if not os.path.exists(path):
+    return True
+  recorded = _read_json(path, "the settings of the candidates in its folder")
+  changed = [f"--{key.replace('_', '-')} {recorded.get(key)} (now {settings[key]})" for key in keys
+             if recorded.get(key) != settings[key]]
+  if changed:
+    raise common.UsageError(f"the candidates in {os.path.dirname(path)} were made with {', '.join(changed)}; re-run "
+                            "with those settings or choose another --out")
+  return False
+
+
+def _save(candidate, path: str, args: argparse.Namespace) -> None:
+  """An image as PNG, a video as mp4 or a folder of PNG frames, each written whole or not at all."""
+  from ureward_jax.processing import video
+
+  if args.task == "image":
+    _save_png(candidate, path)
+  elif args.video_format == "mp4":
+    video.write_video(candidate, path, fps=args.fps)
+  else:
+    video.write_frame_folder(candidate, path)
+
+
+def _save_png(image, path: str) -> None:
+  """Write under a temporary name, then rename: an interrupted write never leaves a partial PNG at `path`."""
+  from PIL import Image
+
+  temporary = path + ".tmp"
+  Image.fromarray(image).save(temporary, format="PNG")
+  os.replace(temporary, path)
+
+
+def _candidates(prompt_id, args: argparse.Namespace) -> list[str]:
+  """The files of a prompt's candidates, relative to --out."""
+  if args.task == "image":
+    return [f"images/{prompt_id}_{k}.png" for k in range(args.num_per_prompt)]
+  suffix = ".mp4" if args.video_format == "mp4" else ""
+  return [f"videos/{prompt_id}_{k}{suffix}" for k in range(args.num_per_prompt)]
+
+
+def _finished(queue: collections.deque, left: collections.Counter, args: argparse.Namespace) -> list[dict]:
+  """The lines of the prompts at the head of `queue` whose candidates are all saved (`left` 0), in file order,
+  taken off the queue."""
+  rows = []
+  while queue and left[queue[0][1]] == 0:
+    _, prompt_id, text = queue.popleft()
+    rows.append({"id": prompt_id, "prompt": text, "candidates": _candidates(prompt_id, args)})
+  return rows
+
+
+def _load_pipeline(args: argparse.Namespace):
+  """The pipeline of a checked folder (a missing component is a FileNotFoundError naming it)."""
+  import jax.numpy as jnp
+
+  import ureward_jax
+
+  return ureward_jax.load(args.model, dtype=jnp.dtype(args.dtype))
+
+
+def run(args: argparse.Namespace) -> int:
+  started, task, n = time.perf_counter(), args.task, args.num_per_prompt
+  steps, height = _GENERATORS[task][3:]
+  args.steps = steps if args.steps is None else args.steps
+  args.height = height if args.height is None else args.height
+  common.require_positive(args, ["num_per_prompt", "steps", "height", "width", "frames", "fps", "batch_size"])
+  if not os.path.isfile(args.prompts):
+    raise common.UsageError(f"{args.prompts} is not a file")
+  entries = read_prompts(args.prompts)
+  if n % 2:
+    print(f"warning: --num-per-prompt {n} is odd; build-pairs judges candidates two by two and needs an even number "
+          "(at least 2) per prompt", file=sys.stderr)
+  _check_pipeline_folder(args.model, task)
+  keys = _SETTINGS + (_VIDEO_SETTINGS if task == "video" else ())
+  settings = {key: getattr(args, key) for key in keys} | {"model": os.path.abspath(args.model)}
+  settings_file = os.path.join(args.out, "generate.json")
+  os.makedirs(os.path.join(args.out, "images" if task == "image" else "videos"), exist_ok=True)
+  settings_due = _settings_due(settings_file, settings, keys)
+  out = common.results_writer(os.path.join(args.out, "candidates.jsonl"))
+  pending = [(i, prompt_id, text) for i, (prompt_id, text) in enumerate(entries) if prompt_id not in out.done]
+  # (prompt id, noise index, prompt, file) of each candidate still to make; those an interrupted run saved are kept.
+  jobs = [(prompt_id, i * n + k, text, os.path.join(args.out, path)) for i, prompt_id, text in pending
+          for k, path in enumerate(_candidates(prompt_id, args)) if not os.path.exists(os.path.join(args.out, path))]
+  left = collections.Counter(job[0] for job in jobs)
+  pipeline = _load_pipeline(args) if jobs else None
+  options = dict(num_inference_steps=args.steps, height=args.height, width=args.width, seed=args.seed)
+  if task == "video":
+    options |= dict(frames=args.frames, fps=args.fps, guidance_scale=args.guidance_scale)
+  # Every batch has one size (the last one padded), so the pipeline compiles once.
+  size, queue = max(1, min(args.batch_size, len(jobs))), collections.deque(pending)
+  with out, tqdm(total=len(jobs), unit=task, desc="generating") as bar:
+    out.append(_finished(queue, left, args))   # prompts whose candidates an interrupted run all saved
+    for start in range(0, len(jobs), size):
+      chunk = jobs[start:start + size]
+      padded = chunk + chunk[-1:] * (size - len(chunk))
+      made = pipeline([job[2] for job in padded], indices=[job[1] for job in padded], **options)
+      if settings_due:
+        with open(settings_file, "w", encoding="utf-8") as f:
+          json.dump(settings, f, indent=1)
+        settings_due = False
+      for job, candidate in zip(chunk, made):
+        _save(candidate, job[3], args)
+        left[job[0]] -= 1
+      out.append(_finished(queue, left, args))
+      bar.update(len(chunk))
+  print(f"{len(pending) - len(queue)} prompts done, {len(entries) - len(pending)} already in {out.path}; "
+        f"{len(jobs)} {task}s written, {len(pending) * n - len(jobs)} kept from an interrupted run; "
+        f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
+  return 0
+
