@@ -27,8 +27,8 @@ from launch.train import num_steps_of
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.encoded_pairs import check_encoded, encoded_batches, settings_for
 from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
-from ureward_jax.generation.sdxl import text_conditioning
 from ureward_jax.models import clip_text, unet2d, vae
+from ureward_jax.pipelines.sdxl import text_conditioning
 from ureward_jax.train import diffusion_dpo
 from ureward_jax.train.checkpoint import Checkpointer
 from ureward_jax.train.loop import Loop, LoopState

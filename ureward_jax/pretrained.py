@@ -94,10 +94,10 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
     params = jax.device_put(load_params(path, param_dtype), jax.devices()[0])
     return getattr(module, wrapper_name).from_params(config, params, dtype=dtype, **module_kwargs)
   if model_type == "sdxl":
-    from ureward_jax.generation.sdxl import SDXLPipeline
+    from ureward_jax.pipelines.sdxl import SDXLPipeline
     return SDXLPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
   if model_type == "t2v_turbo":
-    from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
+    from ureward_jax.pipelines.t2v_turbo import T2VTurboPipeline
     return T2VTurboPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
   raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")
 

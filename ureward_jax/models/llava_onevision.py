@@ -20,7 +20,6 @@ import numpy as np
 from jax.sharding import Mesh
 
 from ureward_jax import parallel
-from ureward_jax.generation.decode import decode, sampling_config
 from ureward_jax.models.qwen2 import Qwen2Config, Qwen2ForCausalLM
 from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
 from ureward_jax.nn.activations import ACTIVATIONS, check_activation
@@ -29,6 +28,7 @@ from ureward_jax.nn.linear import dense, logical, torch_linear_kernel_init
 from ureward_jax.processing import anyres
 from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
 from ureward_jax.processing.image import ImageProcessor
+from ureward_jax.runners.decode import decode, sampling_config
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Sequence
 
 import numpy as np
 
-from ureward_jax.generation.decode import sampling_config
 from ureward_jax.preference.select import Selection, select
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import inputs, prompts
 from ureward_jax.reward.parsing import parse_pairwise_official, parse_pointwise_official
 from ureward_jax.reward.scoring import Judge, answer_text, end_token_ids
+from ureward_jax.runners.decode import sampling_config
 
 # The sifting scripts that keep scores as strings: video understanding's and both diffusion ones.
 STRING_SCORE_TASKS = ("video_understanding", "image_generation", "video_generation")

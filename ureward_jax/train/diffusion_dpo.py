@@ -21,9 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ureward_jax.generation import schedulers
-from ureward_jax.generation.sdxl import micro_conditions, text_conditioning
 from ureward_jax.models.unet2d import UNet2DConditionModel
+from ureward_jax.pipelines import schedulers
+from ureward_jax.pipelines.sdxl import micro_conditions, text_conditioning
 from ureward_jax.train import trainable
 
 PAIR_KEYS = ("latent_mean", "latent_logvar", "prompt_embeds", "text_embeds", "time_ids")

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ureward_jax.generation import schedulers
 from ureward_jax.models.unet3d import VideoCrafterUNet
+from ureward_jax.pipelines import schedulers
 from ureward_jax.train import diffusion_dpo
 
 VIDEO_PAIR_KEYS = ("latent_mean", "latent_logvar", "context")

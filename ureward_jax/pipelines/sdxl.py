@@ -22,10 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
-from ureward_jax.generation import schedulers
 from ureward_jax.models.clip_text import CLIPTextEncoder
 from ureward_jax.models.unet2d import UNet
 from ureward_jax.models.vae import VAE
+from ureward_jax.pipelines import schedulers
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 
 

@@ -17,14 +17,14 @@ import ureward_jax
 from converters import t2v_turbo, torch_checkpoint
 from converters.common import ConversionError
 from tests import tiny_t2v
-from tests.generation.test_lcm import RestatedScheduler
 from tests.parity import max_rel
+from tests.pipelines.test_lcm import RestatedScheduler
 from tests.tiny_sdxl import MERGES
 from tests.tiny_t2v import VOCAB, WIDTH
 from tests.video_reference import simple_tokenize
 from ureward_jax.cli import main
-from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
 from ureward_jax.models import unet3d
+from ureward_jax.pipelines.t2v_turbo import T2VTurboPipeline
 from ureward_jax.processing.video import read_frames
 
 PROMPTS = ["the red cat!", "The DOG &amp; the  blue cat", "x " * 100, "", "and!!",

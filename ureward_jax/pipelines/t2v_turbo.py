@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
-from ureward_jax.generation import schedulers
 from ureward_jax.models.clip_text import CLIPTextEncoder
 from ureward_jax.models.unet3d import VideoCrafter
 from ureward_jax.models.vae import VAE
 from ureward_jax.nn.embeddings import guidance_embedding
+from ureward_jax.pipelines import schedulers
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
 
 
