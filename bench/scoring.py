@@ -27,16 +27,13 @@ from flax import linen as nn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ureward_jax.data import shapes  # noqa: E402
-from ureward_jax.models.llava_onevision import (  # noqa: E402
-  LlavaOnevisionConfig,
-  LlavaOnevisionForConditionalGeneration,
-  init_params,
-)
+from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, init_params  # noqa: E402
 from ureward_jax.models.qwen2 import Qwen2Config  # noqa: E402
 from ureward_jax.models.siglip import SiglipVisionConfig  # noqa: E402
 from ureward_jax.processing.chat import prompt_ids  # noqa: E402
 from ureward_jax.processing.feature_layout import num_tokens  # noqa: E402
 from ureward_jax.reward import Judge  # noqa: E402
+from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration  # noqa: E402
 
 
 def parse_args():

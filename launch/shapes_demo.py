@@ -31,11 +31,12 @@ from ureward_jax.data import shapes  # noqa: E402
 from ureward_jax.data.examples import ExampleConfig, make_example, visual_inputs  # noqa: E402
 from ureward_jax.data.pipeline import MODEL_KEYS  # noqa: E402
 from ureward_jax.data.sources import load_mixture  # noqa: E402
-from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionForConditionalGeneration  # noqa: E402
+from ureward_jax.models.llava_onevision import LlavaOnevision  # noqa: E402
 from ureward_jax.processing.chat import prompt_ids  # noqa: E402
 from ureward_jax.processing.feature_layout import splice_markers  # noqa: E402
 from ureward_jax.reward import prompts  # noqa: E402
 from ureward_jax.reward.parsing import parse_pointwise  # noqa: E402
+from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from ureward_jax.train.step import completion_logprobs  # noqa: E402
 
 # Held-out pairs are cheap to judge (one forward per verdict), so there are enough for accuracy to be read to a few

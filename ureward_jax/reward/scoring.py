@@ -28,12 +28,13 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionForConditionalGeneration, layout_arrays
+from ureward_jax.models.llava_onevision import LlavaOnevision
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import inputs, prompts
 from ureward_jax.reward.parsing import parse_pairwise, parse_pointwise
+from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration, layout_arrays
 
 METHODS = ("logits", "generate")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
