@@ -33,7 +33,7 @@ from ureward_jax.models.siglip import SiglipVisionConfig  # noqa: E402
 from ureward_jax.processing.chat import prompt_ids  # noqa: E402
 from ureward_jax.processing.feature_layout import num_tokens  # noqa: E402
 from ureward_jax.reward import Judge  # noqa: E402
-from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration  # noqa: E402
+from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration, layout_config  # noqa: E402
 
 
 def parse_args():
@@ -71,7 +71,7 @@ def main():
     rows = [{"prompt": "a red circle and a blue square", "images": ["a.png", "b.png"]}] * args.rows
     warmup = rows[:args.batch_size]
     text, visuals = Judge(model, tokenizer, "image_generation", "pair").prepare(rows[0], media)
-    visual_tokens = sum(num_tokens(item, config.layout()) for item, _ in visuals)
+    visual_tokens = sum(num_tokens(item, layout_config(config)) for item, _ in visuals)
     print(f"prompt: {len(prompt_ids(tokenizer, text)) - len(visuals) + visual_tokens} tokens "
           f"({visual_tokens} visual); generate decodes {args.verdict_tokens} tokens per row")
     rates = {}

@@ -12,6 +12,7 @@ from tests.models.test_structure import CONFIG
 from ureward_jax import parallel
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
 from ureward_jax.processing.feature_layout import VisualItem, build_layout
+from ureward_jax.runners.llava import layout_config
 from ureward_jax.train.losses import IGNORE
 from ureward_jax.train.optim import learning_rate_schedule, make_optimizer
 from ureward_jax.train.step import completion_logprobs, loss_fn, make_sft_step
@@ -26,7 +27,7 @@ def make_batch(seed, accum=2, batch=4, length=12):
   labels = np.where(np.arange(length) >= length // 2, ids, IGNORE)
   ids[:, :, 1:1 + TOKENS] = CONFIG.image_token_id
   # Each sample's own layout: one image's features, then three padding rows whose destination is past the sequence.
-  src, weight = build_layout([VisualItem("single")], CONFIG.layout())
+  src, weight = build_layout([VisualItem("single")], layout_config(CONFIG))
   src = np.concatenate([src, np.zeros((3, 4), np.int32)])
   weight = np.concatenate([weight, np.zeros((3, 4), np.float32)])
   dest = np.concatenate([1 + np.arange(TOKENS), np.full(3, length)])

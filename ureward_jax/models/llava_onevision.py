@@ -18,9 +18,10 @@ from ureward_jax.models.siglip import SiglipVisionConfig, SiglipVisionTower
 from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.nn.linear import dense, logical, torch_linear_kernel_init
-from ureward_jax.processing import anyres
-from ureward_jax.processing.feature_layout import LayoutConfig
-from ureward_jax.processing.image import ImageProcessor
+
+# The anyres canvases of LLaVA-OneVision's checkpoints: [384·i, 384·j] for i, j in 1..6 as (H, W), height-major; the
+# order decides ties when the processor picks one (`processing.anyres.select_best_resolution`).
+DEFAULT_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,23 +31,12 @@ class LlavaOnevisionConfig:
   text: Qwen2Config = Qwen2Config()
   image_token_id: int = 151646
   video_token_id: int = 151647
-  image_grid_pinpoints: tuple[tuple[int, int], ...] = anyres.DEFAULT_PINPOINTS
+  image_grid_pinpoints: tuple[tuple[int, int], ...] = DEFAULT_PINPOINTS
   vision_aspect_ratio: str = "anyres_max_9"
   projector_hidden_act: str = "gelu"
   video_newline: str = "one_token"     # HF; UnifiedReward training writes "grid"
   video_pool: str = "bilinear"
   unpad_exact_round: bool = True        # HF's model rounds to 7 decimals; LLaVA-NeXT floors
-
-  def layout(self) -> LayoutConfig:
-    return LayoutConfig(tokens_per_side=self.vision.tokens_per_side, tile=self.vision.image_size,
-                        grid_pinpoints=self.image_grid_pinpoints, aspect_ratio=self.vision_aspect_ratio,
-                        video_newline=self.video_newline, video_pool=self.video_pool,
-                        exact_round=self.unpad_exact_round)
-
-  def image_processor(self) -> ImageProcessor:
-    """The pixel preprocessing this model's tower and tiling take."""
-    return ImageProcessor(size=self.vision.image_size, patch_size=self.vision.patch_size,
-                          grid_pinpoints=self.image_grid_pinpoints, aspect_ratio=self.vision_aspect_ratio)
 
   def to_dict(self) -> dict[str, Any]:
     d = dataclasses.asdict(self)

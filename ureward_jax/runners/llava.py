@@ -23,8 +23,24 @@ from ureward_jax import parallel, pretrained
 from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionConfig, param_shapes
 from ureward_jax.models.qwen2 import Qwen2ForCausalLM
 from ureward_jax.processing import anyres
-from ureward_jax.processing.feature_layout import VisualItem, build_layout, num_tokens
+from ureward_jax.processing.feature_layout import LayoutConfig, VisualItem, build_layout, num_tokens
+from ureward_jax.processing.image import ImageProcessor
 from ureward_jax.runners.decode import decode, sampling_config
+
+
+def layout_config(config: LlavaOnevisionConfig) -> LayoutConfig:
+  """Where the visual features of `config`'s checkpoint go among its tokens (`processing/feature_layout.py`)."""
+  return LayoutConfig(tokens_per_side=config.vision.tokens_per_side, tile=config.vision.image_size,
+                      grid_pinpoints=config.image_grid_pinpoints, aspect_ratio=config.vision_aspect_ratio,
+                      video_newline=config.video_newline, video_pool=config.video_pool,
+                      exact_round=config.unpad_exact_round)
+
+
+def image_processor(config: LlavaOnevisionConfig) -> ImageProcessor:
+  """The pixel preprocessing the tower and tiling of `config`'s checkpoint take."""
+  return ImageProcessor(size=config.vision.image_size, patch_size=config.vision.patch_size,
+                        grid_pinpoints=config.image_grid_pinpoints, aspect_ratio=config.vision_aspect_ratio)
+
 
 # One image, video or frame as the model receives it: its layout item and its pixels (n_patches, C, H, W), NCHW.
 Visual = tuple[VisualItem, np.ndarray]
@@ -73,7 +89,7 @@ def layout_arrays(config: LlavaOnevisionConfig, input_ids: np.ndarray, visuals: 
       raise ValueError(f"a {item.kind} item takes {item.num_patches} patches, got pixels for {len(pixels)}")
     groups[item.kind == "video"].append((item, pixels))
   ordered = groups[False] + groups[True]
-  layout = config.layout()
+  layout = layout_config(config)
   src, weight = build_layout([item for item, _ in ordered], layout)
   flat_ids = np.asarray(input_ids).reshape(-1)
   dest = []
