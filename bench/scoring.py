@@ -5,7 +5,7 @@ One random mid-size LLaVA-OneVision (default: SigLIP 384 wide × 6 layers at 384
 images per row, each tiled as the inference scripts tile it (anyres: base view + 1 tile → 1,485 visual tokens), about
 3,250 prompt tokens in all. The generate path decodes `--verdict-tokens` tokens per row (default 150, a reasoned
 verdict; a random model's end token is ignored so every answer has that length) and parses them; the logits path
-scores the three verdict sentences in the same pass as the prompt. Both run through `ureward_jax.reward.Judge`,
+scores the three verdict sentences in the same pass as the prompt. Both run through `ureward_jax.reward.scoring.Judge`,
 image loading included, after one untimed warm-up batch that compiles them. Printed: rows per second of each and
 the ratio logits / generate.
 
@@ -32,7 +32,7 @@ from ureward_jax.models.qwen2 import Qwen2Config  # noqa: E402
 from ureward_jax.models.siglip import SiglipVisionConfig  # noqa: E402
 from ureward_jax.processing.chat import prompt_ids  # noqa: E402
 from ureward_jax.processing.feature_layout import num_tokens  # noqa: E402
-from ureward_jax.reward import Judge  # noqa: E402
+from ureward_jax.reward.scoring import Judge  # noqa: E402
 from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration, layout_config  # noqa: E402
 
 
