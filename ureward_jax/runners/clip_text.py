@@ -5,29 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
 from ureward_jax.models.clip_text import CLIPTextConfig, CLIPTextModel
+from ureward_jax.runners.loaded import Loaded
 
 
 @dataclasses.dataclass
-class CLIPTextEncoder:
+class CLIPTextEncoder(Loaded):
   """A loaded checkpoint: `config`, `params`, the Flax `module`, and a `forward` mirroring the PyTorch call."""
   config: CLIPTextConfig
-  params: Any
   module: CLIPTextModel
-
-  @classmethod
-  def from_params(cls, config: CLIPTextConfig, params, dtype=jnp.float32, **module_kwargs) -> "CLIPTextEncoder":
-    return cls(config, params, CLIPTextModel(config, dtype=dtype, **module_kwargs))
+  module_class: ClassVar[type[nn.Module]] = CLIPTextModel
 
   @functools.cached_property
-  def _jitted(self):
+  def _jitted(self):   # `output_hidden_states` decides the output's structure: a static argument
     def apply(params, input_ids, attention_mask, output_hidden_states):
       return self.module.apply({"params": params}, input_ids, attention_mask, output_hidden_states)
     return jax.jit(apply, static_argnums=3)

@@ -8,12 +8,9 @@ each holds `config`, `params` and the Flax `module`, and is what `ureward_jax.lo
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
@@ -24,27 +21,11 @@ from ureward_jax.models.unet3d import (
   VideoCrafterUNet,
   VideoCrafterUNetConfig,
 )
+from ureward_jax.runners.loaded import Loaded
 
 
 @dataclasses.dataclass
-class _Loaded:
-  """A loaded UNet of `module_class`: `config`, `params`, the Flax `module` and its jitted `apply`."""
-  config: Any
-  params: Any
-  module: nn.Module
-  module_class: ClassVar[type[nn.Module]]
-
-  @classmethod
-  def from_params(cls, config, params, dtype=jnp.float32, **module_kwargs):
-    return cls(config, params, cls.module_class(config, dtype=dtype, **module_kwargs))
-
-  @functools.cached_property
-  def _jitted(self):
-    return jax.jit(self.module.apply)
-
-
-@dataclasses.dataclass
-class UNet(_Loaded):
+class UNet(Loaded):
   """A loaded SDXL UNet, with diffusers-compatible `forward`."""
   config: UNet2DConditionConfig
   module: UNet2DConditionModel
@@ -62,7 +43,7 @@ class UNet(_Loaded):
 
 
 @dataclasses.dataclass
-class UNet3D(_Loaded):
+class UNet3D(Loaded):
   """A loaded diffusers video UNet, with diffusers-compatible `forward`."""
   config: UNet3DConditionConfig
   module: UNet3DConditionModel
@@ -78,7 +59,7 @@ class UNet3D(_Loaded):
 
 
 @dataclasses.dataclass
-class VideoCrafter(_Loaded):
+class VideoCrafter(Loaded):
   """A loaded VideoCrafter2 UNet, with `forward` taking `UNetModel`'s arguments."""
   config: VideoCrafterUNetConfig
   module: VideoCrafterUNet

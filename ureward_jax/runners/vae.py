@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
 from ureward_jax.models.vae import AutoencoderKL, AutoencoderKLConfig
+from ureward_jax.runners.loaded import Loaded
 
 
 @dataclasses.dataclass
-class VAE:
+class VAE(Loaded):
   """A loaded VAE: `config`, `params`, the Flax `module`, and diffusers-like numpy methods on NCHW arrays.
 
   `encode(x)` is diffusers' `vae.encode(x).latent_dist.mode()` (or `.sample()` when asked) and `decode(z)` is
@@ -24,12 +26,8 @@ class VAE:
   SDXL's VAE overflows in fp16 (`force_upcast`), so the default compute dtype is fp32.
   """
   config: AutoencoderKLConfig
-  params: Any
   module: AutoencoderKL
-
-  @classmethod
-  def from_params(cls, config: AutoencoderKLConfig, params, dtype=jnp.float32, **module_kwargs) -> "VAE":
-    return cls(config, params, AutoencoderKL(config, dtype=dtype, **module_kwargs))
+  module_class: ClassVar[type[nn.Module]] = AutoencoderKL
 
   @functools.cached_property
   def _encode(self):
