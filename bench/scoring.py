@@ -5,7 +5,7 @@ One random mid-size LLaVA-OneVision (default: SigLIP 384 wide × 6 layers at 384
 images per row, each tiled as the inference scripts tile it (anyres: base view + 1 tile → 1,485 visual tokens), about
 3,250 prompt tokens in all. The generate path decodes `--verdict-tokens` tokens per row (default 150, a reasoned
 verdict; a random model's end token is ignored so every answer has that length) and parses them; the logits path
-scores the three verdict sentences in the same pass as the prompt. Both run through `ureward_jax.reward.Judge`,
+scores the three verdict sentences in the same pass as the prompt. Both run through `ureward_jax.reward.scoring.Judge`,
 image loading included, after one untimed warm-up batch that compiles them. Printed: rows per second of each and
 the ratio logits / generate.
 
@@ -27,16 +27,13 @@ from flax import linen as nn  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from ureward_jax.data import shapes  # noqa: E402
-from ureward_jax.models.llava_onevision import (  # noqa: E402
-  LlavaOnevisionConfig,
-  LlavaOnevisionForConditionalGeneration,
-  init_params,
-)
+from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, init_params  # noqa: E402
 from ureward_jax.models.qwen2 import Qwen2Config  # noqa: E402
 from ureward_jax.models.siglip import SiglipVisionConfig  # noqa: E402
 from ureward_jax.processing.chat import prompt_ids  # noqa: E402
 from ureward_jax.processing.feature_layout import num_tokens  # noqa: E402
-from ureward_jax.reward import Judge  # noqa: E402
+from ureward_jax.reward.scoring import Judge  # noqa: E402
+from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration, layout_config  # noqa: E402
 
 
 def parse_args():
@@ -74,7 +71,7 @@ def main():
     rows = [{"prompt": "a red circle and a blue square", "images": ["a.png", "b.png"]}] * args.rows
     warmup = rows[:args.batch_size]
     text, visuals = Judge(model, tokenizer, "image_generation", "pair").prepare(rows[0], media)
-    visual_tokens = sum(num_tokens(item, config.layout()) for item, _ in visuals)
+    visual_tokens = sum(num_tokens(item, layout_config(config)) for item, _ in visuals)
     print(f"prompt: {len(prompt_ids(tokenizer, text)) - len(visuals) + visual_tokens} tokens "
           f"({visual_tokens} visual); generate decodes {args.verdict_tokens} tokens per row")
     rates = {}

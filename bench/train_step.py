@@ -42,6 +42,7 @@ from converters.llava_onevision import convert_folder  # noqa: E402
 from tests.tiny_llava import perturb  # noqa: E402  (weights of a sane scale, so the loss check is not vacuous)
 from ureward_jax.processing import anyres  # noqa: E402
 from ureward_jax.processing.feature_layout import VisualItem, build_layout  # noqa: E402
+from ureward_jax.runners.llava import layout_config  # noqa: E402
 from ureward_jax.train.accumulate import accumulating_step  # noqa: E402
 from ureward_jax.train.losses import IGNORE  # noqa: E402
 from ureward_jax.train.optim import make_optimizer, matrices, param_count  # noqa: E402
@@ -119,7 +120,7 @@ def make_batch(args, config) -> dict[str, np.ndarray]:
   ids[:, PROMPT_TOKENS:PROMPT_TOKENS + n_image] = config.image_token_id
   labels = np.where(np.arange(args.length) >= args.length - args.answer, ids, IGNORE)
   pixel_values = rng.randn(args.batch, patches, 3, tile, tile).astype(np.float32)
-  src, weight = build_layout([VisualItem("tiled", patches, size)] * args.batch, config.layout())
+  src, weight = build_layout([VisualItem("tiled", patches, size)] * args.batch, layout_config(config))
   dest = np.flatnonzero(ids.reshape(-1) == config.image_token_id).astype(np.int32)
   return dict(input_ids=ids, labels=labels, pixel_values=pixel_values,
               image_sizes=np.array([size] * args.batch), pixels=pixel_values.reshape(-1, 3, tile, tile)

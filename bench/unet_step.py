@@ -48,6 +48,7 @@ import torch  # noqa: E402
 from bench.train_step import alternate  # noqa: E402
 from converters import sdxl  # noqa: E402
 from ureward_jax.models import unet2d  # noqa: E402
+from ureward_jax.runners.unet import UNet  # noqa: E402
 from ureward_jax.train.optim import param_count  # noqa: E402
 
 LR, WEIGHT_DECAY = 1e-4, 0.01
@@ -148,7 +149,7 @@ def jax_inputs(inputs) -> dict[str, jax.Array]:
   return out
 
 
-def jax_forward(model: unet2d.UNet, batch):
+def jax_forward(model: UNet, batch):
   """Our jitted forward, compiled here: returns (forward, compile seconds); forward() → the prediction (NHWC)."""
   args = (batch["sample"], batch["timestep"], batch["encoder_hidden_states"], batch["text_embeds"], batch["time_ids"])
   start = time.perf_counter()
@@ -193,7 +194,7 @@ def main():
   config = unet2d.UNet2DConditionConfig.from_dict(dict(reference.config))
   params = sdxl.params_from_tensors({k: v.numpy() for k, v in reference.state_dict().items()},
                                     unet2d.param_shapes(config))
-  ours = unet2d.UNet.from_params(config, params)
+  ours = UNet.from_params(config, params)
   inputs = make_batch(args)
   batch = jax_inputs(inputs)
   print(f"parameters: {param_count(params) / 1e6:.1f} M   widths {tuple(args.widths)}, heads {tuple(args.heads)}, "

@@ -23,10 +23,9 @@ import numpy as np
 from converters import common
 from converters.common import ConversionError, Rule
 from ureward_jax import pretrained
-from ureward_jax.models.llava_onevision import LlavaOnevisionConfig, param_shapes
+from ureward_jax.models.llava_onevision import DEFAULT_PINPOINTS, LlavaOnevisionConfig, param_shapes
 from ureward_jax.models.qwen2 import Qwen2Config
 from ureward_jax.models.siglip import SiglipVisionConfig
-from ureward_jax.processing.anyres import DEFAULT_PINPOINTS
 
 FORMATS = {
     "hf_runtime": dict(vision="model.vision_tower.", projector=("model.multi_modal_projector.linear_1",

@@ -16,7 +16,6 @@ missing, unexpected or mis-shaped tensor.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import re
 import shutil
@@ -29,6 +28,7 @@ from tqdm import tqdm
 from converters import common
 from converters.common import ConversionError, Rule
 from ureward_jax import pretrained
+from ureward_jax.models import clip_text, unet2d, unet3d, vae
 
 # Source containers whose children are numbered (`resnets.0`); ours are `resnets_0`.
 INDEXED = ("down_blocks", "up_blocks", "resnets", "attentions", "transformer_blocks", "downsamplers", "upsamplers",
@@ -88,11 +88,15 @@ def params_from_tensors(tensors: Mapping[str, np.ndarray | common.StoredTensor],
 
 # --- folders -----------------------------------------------------------------------------------------------------
 
-# A component's class (diffusers `_class_name`, transformers `architectures[0]`) → our model_type, whose module and
-# config class `pretrained.SINGLE_DEVICE_MODELS` names.
+# A component's class (diffusers `_class_name`, transformers `architectures[0]`) → our model_type.
 COMPONENTS = {"UNet2DConditionModel": "unet2d_condition", "AutoencoderKL": "autoencoder_kl",
               "CLIPTextModel": "clip_text", "CLIPTextModelWithProjection": "clip_text",
               "UNet3DConditionModel": "unet3d_condition"}
+# Our model_type → (its model module, which gives `param_shapes`, and its config class).
+MODELS = {"unet2d_condition": (unet2d, unet2d.UNet2DConditionConfig),
+          "autoencoder_kl": (vae, vae.AutoencoderKLConfig),
+          "clip_text": (clip_text, clip_text.CLIPTextConfig),
+          "unet3d_condition": (unet3d, unet3d.UNet3DConditionConfig)}
 # The sub-folders of a diffusers SDXL pipeline that hold weights, and those copied as they are.
 PIPELINE_MODELS = ("unet", "vae", "text_encoder", "text_encoder_2")
 PIPELINE_FILES = ("tokenizer", "tokenizer_2", "scheduler")
@@ -113,9 +117,7 @@ def component_class(config: dict, where) -> str:
 def _module(class_name: str):
   """(our model_type, its model module, its config class) for a component class."""
   model_type = COMPONENTS[class_name]
-  module_name, config_name, _ = pretrained.SINGLE_DEVICE_MODELS[model_type]
-  module = importlib.import_module(module_name)
-  return model_type, module, getattr(module, config_name)
+  return (model_type, *MODELS[model_type])
 
 
 def open_weights(folder: Path, variant: str | None = None) -> dict[str, common.StoredTensor]:

@@ -47,8 +47,8 @@ from tqdm import tqdm
 from converters import common, sdxl, torch_checkpoint
 from converters.common import ConversionError
 from ureward_jax import pretrained
-from ureward_jax.generation import schedulers
 from ureward_jax.models import clip_text, unet3d, vae
+from ureward_jax.pipelines import schedulers
 
 UNET_PREFIX = "model.diffusion_model."
 REFERENCE_UNET_PREFIX = "ref_model.diffusion_model."   # VideoDPO's frozen reference

@@ -2,28 +2,33 @@
 
 `load(path)` reads any converted folder and returns the model's wrapper (`.config`, `.params`, `.module`,
 `.forward`); `save` writes one. Converters produce these folders; nothing here reads PyTorch formats.
+
+Which wrapper a `model_type` loads into is a registry: each model family calls `register` in its own module
+(`runners/`, `pipelines/`), and this module imports none of them; importing `ureward_jax` imports them all.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from ureward_jax import parallel
-
 CONFIG = "config.json"
 PARAMS = "params"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "chat_template.json", "chat_template.jinja", "generation_config.json",
                    "preprocessor_config.json", "processor_config.json")
+
+# loader(path, config, dtype=, param_dtype=, mesh=, **module_kwargs) → the loaded wrapper; `config` is the folder's
+# config.json as a dict.
+Loader = Callable[..., Any]
+_LOADERS: dict[str, Loader] = {}
 
 
 def save(path: str | Path, config: dict[str, Any], params: Any, copy_from: str | Path | None = None,
@@ -62,6 +67,26 @@ def load_params(path: str | Path, dtype=None) -> Any:
   return jax.tree.map(lambda x: np.asarray(x, dtype=dtype) if dtype is not None else np.asarray(x), params)
 
 
+def register(model_type: str, loader: Loader) -> None:
+  """Have `load` read folders whose config.json says `model_type` with `loader`."""
+  if model_type in _LOADERS:
+    raise ValueError(f"model_type {model_type!r} already has a loader: {_LOADERS[model_type]}")
+  _LOADERS[model_type] = loader
+
+
+def single_device(config_class, wrapper_class) -> Loader:
+  """The loader of a model that runs on one device (the diffusion components): `config_class.from_dict` of the
+  folder's config, params on the first device, `wrapper_class.from_params`. A `mesh` is refused."""
+  def load_on_one_device(path, config, dtype=jnp.float32, param_dtype=None, mesh=None, **module_kwargs):
+    if mesh is not None:
+      raise ValueError(f"{path}: a {config['model_type']} checkpoint loads onto one device; shard it in the "
+                       "training step")
+    config = config_class.from_dict(config)
+    params = jax.device_put(load_params(path, param_dtype), jax.devices()[0])
+    return wrapper_class.from_params(config, params, dtype=dtype, **module_kwargs)
+  return load_on_one_device
+
+
 def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **module_kwargs):
   """Load a converted checkpoint folder, ready to run.
 
@@ -71,42 +96,6 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
   """
   config = read_config(path)
   model_type = config.get("model_type")
-  if model_type == "llava_onevision":
-    from ureward_jax.models.llava_onevision import (
-      LlavaOnevisionConfig,
-      LlavaOnevisionForConditionalGeneration,
-      param_shapes,
-    )
-    config = LlavaOnevisionConfig.from_dict(config)
-    params = load_params(path, param_dtype)
-    if mesh is None:
-      params = jax.device_put(params, jax.devices()[0])
-    else:
-      params = parallel.place(params, parallel.param_shardings(param_shapes(config, boxed=True), mesh))
-    return LlavaOnevisionForConditionalGeneration.from_params(config, params, dtype=dtype, mesh=mesh,
-                                                              **module_kwargs)
-  if model_type in SINGLE_DEVICE_MODELS:
-    module_name, config_name, wrapper_name = SINGLE_DEVICE_MODELS[model_type]
-    if mesh is not None:
-      raise ValueError(f"{path}: a {model_type} checkpoint loads onto one device; shard it in the training step")
-    module = importlib.import_module(module_name)
-    config = getattr(module, config_name).from_dict(config)
-    params = jax.device_put(load_params(path, param_dtype), jax.devices()[0])
-    return getattr(module, wrapper_name).from_params(config, params, dtype=dtype, **module_kwargs)
-  if model_type == "sdxl":
-    from ureward_jax.generation.sdxl import SDXLPipeline
-    return SDXLPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
-  if model_type == "t2v_turbo":
-    from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
-    return T2VTurboPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
-  raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}")
-
-
-# model_type → (module, config class, wrapper class) of the image-generation components.
-SINGLE_DEVICE_MODELS = {
-    "unet2d_condition": ("ureward_jax.models.unet2d", "UNet2DConditionConfig", "UNet"),
-    "autoencoder_kl": ("ureward_jax.models.vae", "AutoencoderKLConfig", "VAE"),
-    "clip_text": ("ureward_jax.models.clip_text", "CLIPTextConfig", "CLIPTextEncoder"),
-    "unet3d_condition": ("ureward_jax.models.unet3d", "UNet3DConditionConfig", "UNet3D"),
-    "videocrafter_unet": ("ureward_jax.models.unet3d", "VideoCrafterUNetConfig", "VideoCrafter"),
-}
+  if model_type not in _LOADERS:
+    raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}; known: {sorted(_LOADERS)}")
+  return _LOADERS[model_type](path, config, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **module_kwargs)

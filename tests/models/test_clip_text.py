@@ -8,7 +8,8 @@ import transformers
 
 from converters.sdxl import params_from_tensors
 from tests.parity import max_rel
-from ureward_jax.models.clip_text import CLIPTextConfig, CLIPTextEncoder, eos_positions, param_shapes
+from ureward_jax.models.clip_text import CLIPTextConfig, eos_positions, param_shapes
+from ureward_jax.runners.clip_text import CLIPTextEncoder
 
 TOL = 1e-5
 LENGTH = 77

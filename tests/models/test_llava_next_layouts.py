@@ -16,6 +16,7 @@ from converters.llava_onevision import convert_folder
 from tests import tiny_llava as T
 from tests.tiny_llava import FULL, reference_logits
 from ureward_jax.processing.feature_layout import IMAGE_MARKER, VisualItem, num_tokens, splice_markers
+from ureward_jax.runners.llava import layout_config
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_unifiedreward_frames_as_plain_images(next_pair):
   prefix = lambda n: rng.randint(1, T.IMAGE_TOKEN, n).tolist()
   rows = [prefix(5) + [IMAGE_MARKER] * 6 + prefix(9), prefix(2) + [IMAGE_MARKER] * 6 + prefix(4)]
   items = [VisualItem("plain")] * 12
-  layout = ours.config.layout()
+  layout = layout_config(ours.config)
   ids, mask, positions = splice_markers(rows, items, layout, T.IMAGE_TOKEN, T.VIDEO_TOKEN)
   assert ids.shape[1] == 5 + 6 * 25 + 9
   logits = ours.logits(ids, mask, positions, [(item, f[None]) for item, f in zip(items, frames)])
@@ -68,10 +69,10 @@ def test_grid_video_layout(next_pair):
   rng = np.random.RandomState(1)
   frames = rng.randn(4, 3, T.TILE, T.TILE).astype(np.float32)
   item = VisualItem("video", 4)
-  ids, mask, positions = splice_markers([[3, 4, IMAGE_MARKER, 5, 6]], [item], ours.config.layout(), T.IMAGE_TOKEN,
+  ids, mask, positions = splice_markers([[3, 4, IMAGE_MARKER, 5, 6]], [item], layout_config(ours.config), T.IMAGE_TOKEN,
                                         T.VIDEO_TOKEN)
   side = math.ceil(5 / 2)
-  assert num_tokens(item, ours.config.layout()) == 4 * side * (side + 1)
+  assert num_tokens(item, layout_config(ours.config)) == 4 * side * (side + 1)
   with torch.no_grad():
     pooled = hf.model.apply_pooling(projected(hf, frames)).reshape(4, side, side, -1)
     newline = hf.model.image_newline.expand(4, side, 1, -1)
@@ -86,7 +87,7 @@ def test_pairwise_images_each_tiled(next_pair):
   hf, ours = next_pair
   rng = np.random.RandomState(2)
   sizes = [(150, 100), (90, 260)]
-  layout = ours.config.layout()
+  layout = layout_config(ours.config)
   from ureward_jax.processing import anyres
   items = [VisualItem("tiled", anyres.num_patches(s, ours.config.image_grid_pinpoints, T.TILE), s) for s in sizes]
   pixels = [rng.randn(i.num_patches, 3, T.TILE, T.TILE).astype(np.float32) for i in items]
@@ -102,5 +103,5 @@ def test_pairwise_images_each_tiled(next_pair):
 def test_marker_count_must_match(next_pair):
   _, ours = next_pair
   with pytest.raises(ValueError, match="2 image markers"):
-    splice_markers([[IMAGE_MARKER, 1, IMAGE_MARKER]], [VisualItem("plain")], ours.config.layout(), T.IMAGE_TOKEN,
+    splice_markers([[IMAGE_MARKER, 1, IMAGE_MARKER]], [VisualItem("plain")], layout_config(ours.config), T.IMAGE_TOKEN,
                    T.VIDEO_TOKEN)

@@ -8,6 +8,7 @@ import torch
 from converters import sdxl
 from tests.parity import max_rel
 from ureward_jax.models import unet2d
+from ureward_jax.runners.unet import UNet
 
 # SDXL's layout at toy width: GroupNorm-32, a plain and a cross-attention block, depths (1, 2), text_time conditioning.
 SDXL_TINY = dict(block_out_channels=(32, 64), layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -33,7 +34,7 @@ def reference(config, seed=0):
 def port(ref, **module_kwargs):
   config = unet2d.UNet2DConditionConfig.from_dict(dict(ref.config))
   params = sdxl.params_from_tensors({k: v.numpy() for k, v in ref.state_dict().items()}, unet2d.param_shapes(config))
-  return unet2d.UNet.from_params(config, params, **module_kwargs)
+  return UNet.from_params(config, params, **module_kwargs)
 
 
 def inputs(batch, height, width, context_dim, pooled=None, seed=1):
@@ -81,7 +82,7 @@ def test_conv_projection_without_added_conditioning_matches_diffusers():
 
 def test_remat_recomputes_blocks_with_the_same_result(sdxl_pair):
   _, ours = sdxl_pair
-  rematted = unet2d.UNet.from_params(ours.config, ours.params, remat="full")
+  rematted = UNet.from_params(ours.config, ours.params, remat="full")
   args = numpy(inputs(1, 16, 16, 64, pooled=32))
   with jax.default_matmul_precision("highest"):
     assert max_rel(rematted.forward(**args), ours.forward(**args)) <= 1e-6

@@ -14,6 +14,7 @@ from converters import sdxl
 from tests.parity import max_rel
 from ureward_jax.models import unet3d
 from ureward_jax.nn.temporal import TemporalConvLayer, TransformerTemporalModel
+from ureward_jax.runners.unet import UNet3D
 
 # The ModelScope layout at toy width: GroupNorm-32, a cross-attention and a plain block each way, LCM's guidance
 # embedding; attention_head_dim 8 → 4 and 8 heads in the blocks, 8 in the first temporal transformer.
@@ -73,7 +74,7 @@ def unet_pair():
   ref = perturbed(diffusers.UNet3DConditionModel(**TINY), seed=4)
   config = unet3d.UNet3DConditionConfig.from_dict(dict(ref.config))
   params = params_of(ref, unet3d.param_shapes(config))
-  return ref, unet3d.UNet3D.from_params(config, params)
+  return ref, UNet3D.from_params(config, params)
 
 
 # 16 frames: the temporal attentions' full clip; 32 × 32: 1,024 tokens in the first spatial transformer.

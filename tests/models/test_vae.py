@@ -9,6 +9,7 @@ import torch
 from converters import sdxl
 from tests.parity import max_rel
 from ureward_jax.models import vae
+from ureward_jax.runners.vae import VAE
 
 # SDXL's layout at toy width: GroupNorm-32, two resnets per block, a width change (shortcut convs) and a repeated
 # width (identity shortcuts) as in (128, 256, 512, 512), two down- and two upsamplers, mid-block attention.
@@ -33,7 +34,7 @@ def reference(config, seed=0):
 def port(ref, **module_kwargs):
   config = vae.AutoencoderKLConfig.from_dict(dict(ref.config))
   params = sdxl.params_from_tensors({k: v.numpy() for k, v in ref.state_dict().items()}, vae.param_shapes(config))
-  return vae.VAE.from_params(config, params, **module_kwargs)
+  return VAE.from_params(config, params, **module_kwargs)
 
 
 def pixels(batch, height, width, seed=1):

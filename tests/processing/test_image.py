@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from ureward_jax.models.llava_onevision import DEFAULT_PINPOINTS
 from ureward_jax.processing import anyres
-from ureward_jax.processing.anyres import DEFAULT_PINPOINTS
 from ureward_jax.processing.image import ImageProcessor, resize_bicubic_aa_uint8
 
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -30,7 +30,7 @@ def random_image(height: int, width: int, seed: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def processor() -> ImageProcessor:
-  return ImageProcessor()
+  return ImageProcessor(grid_pinpoints=PINPOINTS)
 
 
 @pytest.fixture(scope="module")
@@ -146,7 +146,7 @@ def test_other_mean_and_std_match_transformers():
   hf_module = pytest.importorskip("transformers.models.llava_onevision.image_processing_pil_llava_onevision")
   theirs_processor = hf_module.LlavaOnevisionImageProcessorPil(image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
   a, b, c = random_image(200, 300, seed=30), random_image(64, 96, seed=31), random_image(96, 64, seed=32)
-  ours = ImageProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD)([a, b, c], batch_num_images=[1, 2])
+  ours = ImageProcessor(grid_pinpoints=PINPOINTS, image_mean=CLIP_MEAN, image_std=CLIP_STD)([a, b, c], batch_num_images=[1, 2])
   theirs = theirs_processor([[Image.fromarray(a)], [Image.fromarray(b), Image.fromarray(c)]], return_tensors="np")
   assert_same_batch(ours, theirs)
 
@@ -185,7 +185,7 @@ def test_video_frames_match_torch_restatement(processor, size_hw):
 def test_video_frames_with_other_mean_and_std():
   pytest.importorskip("torch")
   frames = np.random.default_rng(33).integers(0, 256, (2, 200, 300, 3), dtype=np.uint8)
-  ours = ImageProcessor(image_mean=CLIP_MEAN, image_std=CLIP_STD).preprocess_video(frames)
+  ours = ImageProcessor(grid_pinpoints=PINPOINTS, image_mean=CLIP_MEAN, image_std=CLIP_STD).preprocess_video(frames)
   np.testing.assert_allclose(ours, torch_video_reference(frames, 384, CLIP_MEAN, CLIP_STD), rtol=0, atol=ATOL)
 
 
@@ -201,8 +201,8 @@ def test_plain_views_match_siglip_image_processor():
   frames = [random_image(60, 80, seed=1), random_image(512, 512, seed=2)]
   want = transformers.SiglipImageProcessor(size={"height": 384, "width": 384})(
       [Image.fromarray(f) for f in frames], return_tensors="np")["pixel_values"]
-  np.testing.assert_allclose(ImageProcessor().plain_views(frames), want, atol=ATOL)
-  np.testing.assert_allclose(ImageProcessor().plain_views(np.stack([frames[1]] * 2)), want[[1, 1]], atol=ATOL)
+  np.testing.assert_allclose(ImageProcessor(grid_pinpoints=PINPOINTS).plain_views(frames), want, atol=ATOL)
+  np.testing.assert_allclose(ImageProcessor(grid_pinpoints=PINPOINTS).plain_views(np.stack([frames[1]] * 2)), want[[1, 1]], atol=ATOL)
 
 
 @pytest.mark.parametrize("in_hw, out_hw", [((1, 1), (384, 384)), ((7, 3000), (33, 384)), ((997, 613), (384, 100)),
@@ -320,7 +320,7 @@ def test_bad_video_input_errors(processor, frames, match):
 ])
 def test_bad_configuration_errors(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    ImageProcessor(**kwargs)
+    ImageProcessor(**{"grid_pinpoints": PINPOINTS} | kwargs)
 
 
 def test_bad_count_arguments(processor):

@@ -11,6 +11,7 @@ from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import prompts
 from ureward_jax.reward.inputs import InputOptions
 from ureward_jax.reward.scoring import Continuations, Judge
+from ureward_jax.runners.llava import layout_config
 
 TEXT = {"prompt": "a red circle and a blue square", "question": "What color is the circle?",
         "response": "The circle is red.", "responses": ["The circle is red.", "The circle is blue."]}
@@ -38,7 +39,7 @@ def reference_logprobs(hf, tokenizer, judge, r, root, continuations):
   transformers' model on the full sequence."""
   text, visuals = judge.prepare(r, root)
   config = judge.model.config
-  ids, _, _ = splice_markers([prompt_ids(tokenizer, text)], [item for item, _ in visuals], config.layout(),
+  ids, _, _ = splice_markers([prompt_ids(tokenizer, text)], [item for item, _ in visuals], layout_config(config),
                              config.image_token_id, config.video_token_id)
   patches = max(len(p) for _, p in visuals)
   pixel_values = np.zeros((len(visuals), patches, *visuals[0][1].shape[1:]), np.float32)

@@ -19,13 +19,13 @@ import configs.reward_llava_ov_7b as reward_config  # noqa: E402
 from tests import tiny_sdxl  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
 from tests.models.test_videocrafter import TINY  # noqa: E402
-from ureward_jax.generation import schedulers  # noqa: E402
 from ureward_jax.models import unet3d  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, param_shapes  # noqa: E402
 from ureward_jax.models.unet2d import UNet2DConditionConfig  # noqa: E402
 from ureward_jax.models.unet2d import param_shapes as unet_param_shapes  # noqa: E402
 from ureward_jax.models.unet3d import VideoCrafterUNetConfig  # noqa: E402
 from ureward_jax.models.vae import AutoencoderKLConfig  # noqa: E402
+from ureward_jax.pipelines import schedulers  # noqa: E402
 from ureward_jax.train import trainable  # noqa: E402
 from ureward_jax.train.flops import model_flops_per_step  # noqa: E402
 from ureward_jax.train.optim import param_count  # noqa: E402

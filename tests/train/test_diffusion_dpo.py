@@ -11,8 +11,8 @@ import torch
 import transformers
 
 from tests.tiny_sdxl import UNET
-from ureward_jax.generation import schedulers
 from ureward_jax.models import unet2d
+from ureward_jax.pipelines import schedulers
 from ureward_jax.train import optim
 from ureward_jax.train.accumulate import accumulating_step
 from ureward_jax.train.tasks import diffusion_dpo as D

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from ureward_jax.runners.llava import image_processor
 from ureward_jax.train.losses import token_logprobs
 from ureward_jax.train.tasks.vlm_dpo import completion_logps, dpo_loss
 
@@ -99,7 +100,7 @@ def test_sequence_logps_equal_transformers(checkpoint):
   want = []
   for row in range(4):
     record = PAIRS[row // 2]
-    pixels = model.config.image_processor()([Image.open(f"{media}/{record['image']}")])
+    pixels = image_processor(model.config)([Image.open(f"{media}/{record['image']}")])
     n = int(batch["attention_mask"][row].sum())
     ids, labels = batch["input_ids"][row, :n], batch["labels"][row, :n]
     with torch.no_grad():

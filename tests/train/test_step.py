@@ -14,6 +14,7 @@ from tests.train.settings import optim
 from ureward_jax import parallel
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
 from ureward_jax.processing.feature_layout import VisualItem, build_layout
+from ureward_jax.runners.llava import layout_config
 from ureward_jax.train import trainable
 from ureward_jax.train.accumulate import accumulating_step
 from ureward_jax.train.losses import IGNORE
@@ -30,7 +31,7 @@ def make_batch(seed, accum=2, batch=4, length=12):
   labels = np.where(np.arange(length) >= length // 2, ids, IGNORE)
   ids[:, :, 1:1 + TOKENS] = CONFIG.image_token_id
   # Each sample's own layout: one image's features, then three padding rows whose destination is past the sequence.
-  src, weight = build_layout([VisualItem("single")], CONFIG.layout())
+  src, weight = build_layout([VisualItem("single")], layout_config(CONFIG))
   src = np.concatenate([src, np.zeros((3, 4), np.int32)])
   weight = np.concatenate([weight, np.zeros((3, 4), np.float32)])
   dest = np.concatenate([1 + np.arange(TOKENS), np.full(3, length)])

@@ -12,8 +12,8 @@ from flax import linen as nn
 from converters import t2v_turbo
 from tests.tiny_sdxl import VAE
 from tests.video_reference import UNetModel
-from ureward_jax.generation import schedulers
 from ureward_jax.models import clip_text, unet3d, vae
+from ureward_jax.pipelines import schedulers
 from ureward_jax.train import trainable
 from ureward_jax.train.accumulate import accumulating_step
 from ureward_jax.train.tasks import diffusion_dpo

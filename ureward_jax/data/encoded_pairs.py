@@ -27,7 +27,7 @@ import grain
 import numpy as np
 
 from ureward_jax.data.image_pairs import PairDataConfig, pair_stream
-from ureward_jax.generation.sdxl import micro_conditions
+from ureward_jax.pipelines.sdxl import micro_conditions
 
 META = "encoded.json"
 PAIR_ARRAYS = ("latent_mean", "latent_logvar", "weight", "caption_index")

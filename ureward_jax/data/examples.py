@@ -28,6 +28,7 @@ from ureward_jax.processing.feature_layout import IMAGE_MARKER, LayoutConfig, Vi
 from ureward_jax.processing.image import ImageProcessor
 from ureward_jax.processing.video import frame_indices, read_frames
 from ureward_jax.reward import prompts
+from ureward_jax.runners.llava import image_processor, layout_config
 
 
 class BadRecord(ValueError):
@@ -50,7 +51,7 @@ class ExampleConfig:
   @classmethod
   def for_model(cls, model, max_length: int, max_patches: int, **kwargs) -> "ExampleConfig":
     """From a `LlavaOnevisionConfig`."""
-    return cls(max_length, max_patches, model.image_processor(), model.layout(), model.image_token_id,
+    return cls(max_length, max_patches, image_processor(model), layout_config(model), model.image_token_id,
                model.video_token_id, **kwargs)
 
 

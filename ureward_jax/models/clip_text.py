@@ -16,13 +16,11 @@ the files on the hub, written by transformers 4, keep it; our tree keeps it for 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from ureward_jax.nn.activations import ACTIVATIONS, check_activation
@@ -252,35 +250,6 @@ class CLIPTextModel(nn.Module):
       projection = dense(cfg.projection_dim, ("embed", "embed_out"), use_bias=False, name="text_projection", **kw)
       out["text_embeds"] = projection(out["pooler_output"])
     return out
-
-
-@dataclasses.dataclass
-class CLIPTextEncoder:
-  """A loaded checkpoint: `config`, `params`, the Flax `module`, and a `forward` mirroring the PyTorch call."""
-  config: CLIPTextConfig
-  params: Any
-  module: CLIPTextModel
-
-  @classmethod
-  def from_params(cls, config: CLIPTextConfig, params, dtype=jnp.float32, **module_kwargs) -> "CLIPTextEncoder":
-    return cls(config, params, CLIPTextModel(config, dtype=dtype, **module_kwargs))
-
-  @functools.cached_property
-  def _jitted(self):
-    def apply(params, input_ids, attention_mask, output_hidden_states):
-      return self.module.apply({"params": params}, input_ids, attention_mask, output_hidden_states)
-    return jax.jit(apply, static_argnums=3)
-
-  def forward(self, input_ids, attention_mask=None, output_hidden_states: bool = False) -> dict[str, Any]:
-    """The outputs of `CLIPTextModel` as numpy arrays (`hidden_states` a tuple of them) for (B, T) `input_ids`
-    and an optional (B, T) `attention_mask`, as transformers' module takes them.
-
-    Without a mask every token is real: an all-ones mask, so that both cases share one compilation per shape.
-    """
-    input_ids = np.asarray(input_ids).astype(np.int32)
-    attention_mask = np.ones_like(input_ids) if attention_mask is None else np.asarray(attention_mask, np.int32)
-    out = self._jitted(self.params, input_ids, attention_mask, bool(output_hidden_states))
-    return {k: tuple(np.asarray(h) for h in v) if k == "hidden_states" else np.asarray(v) for k, v in out.items()}
 
 
 def init_params(config: CLIPTextConfig, rng: jax.Array, param_dtype=jnp.float32):

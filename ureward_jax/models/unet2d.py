@@ -12,13 +12,11 @@ derives its table from the parameter tree. One quirk of the source config is res
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ureward_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from ureward_jax.nn.linear import conv
@@ -247,33 +245,3 @@ def param_shapes(config: UNet2DConditionConfig, boxed: bool = False) -> dict:
   """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything (boxed: keep logical names)."""
   shapes = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
   return shapes if boxed else nn.unbox(shapes)
-
-
-@dataclasses.dataclass
-class UNet:
-  """A loaded UNet: `config`, `params`, the Flax `module`, and diffusers-compatible `forward`."""
-  config: UNet2DConditionConfig
-  params: Any
-  module: UNet2DConditionModel
-
-  @classmethod
-  def from_params(cls, config: UNet2DConditionConfig, params, dtype=jnp.float32, **module_kwargs):
-    return cls(config, params, UNet2DConditionModel(config, dtype=dtype, **module_kwargs))
-
-  @functools.cached_property
-  def _jitted(self):
-    return jax.jit(self.module.apply)
-
-  def forward(self, sample, timestep, encoder_hidden_states, added_cond_kwargs=None) -> np.ndarray:
-    """The prediction (B, C, H, W) for diffusers' arguments: sample (B, C, H, W), timestep a number or (B,),
-    encoder_hidden_states (B, S, D), added_cond_kwargs {"text_embeds": (B, P), "time_ids": (B, 6)}."""
-    added = added_cond_kwargs or {}
-    sample = np.asarray(sample).transpose(0, 2, 3, 1)
-    out = self._jitted({"params": self.params}, sample, np.asarray(timestep, np.float32),
-                       np.asarray(encoder_hidden_states), _optional(added.get("text_embeds")),
-                       _optional(added.get("time_ids")))
-    return np.asarray(out).transpose(0, 3, 1, 2)
-
-
-def _optional(x):
-  return None if x is None else np.asarray(x)

@@ -21,12 +21,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, ClassVar, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ureward_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from ureward_jax.nn.linear import conv, dense
@@ -426,53 +425,3 @@ def param_shapes(config: UNet3DConditionConfig | VideoCrafterUNetConfig, boxed: 
   """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything (boxed: keep logical names)."""
   shapes = jax.eval_shape(lambda rng: init_params(config, rng), jax.random.key(0))
   return shapes if boxed else nn.unbox(shapes)
-
-
-@dataclasses.dataclass
-class _Loaded:
-  """A loaded UNet of `module_class`: `config`, `params`, the Flax `module` and its jitted `apply`."""
-  config: Any
-  params: Any
-  module: nn.Module
-  module_class: ClassVar[type[nn.Module]]
-
-  @classmethod
-  def from_params(cls, config, params, dtype=jnp.float32, **module_kwargs):
-    return cls(config, params, cls.module_class(config, dtype=dtype, **module_kwargs))
-
-  @functools.cached_property
-  def _jitted(self):
-    return jax.jit(self.module.apply)
-
-
-@dataclasses.dataclass
-class UNet3D(_Loaded):
-  """A loaded diffusers video UNet, with diffusers-compatible `forward`."""
-  config: UNet3DConditionConfig
-  module: UNet3DConditionModel
-  module_class: ClassVar[type[nn.Module]] = UNet3DConditionModel
-
-  def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None) -> np.ndarray:
-    """The prediction (B, C, T, H, W) for diffusers' arguments: sample (B, C, T, H, W), timestep a number or (B,),
-    encoder_hidden_states (B, S, D), timestep_cond (B, time_cond_proj_dim) when the UNet has one."""
-    sample = np.asarray(sample).transpose(0, 2, 3, 4, 1)
-    cond = None if timestep_cond is None else np.asarray(timestep_cond)
-    out = self._jitted({"params": self.params}, sample, np.asarray(timestep, np.float32),
-                       np.asarray(encoder_hidden_states), cond)
-    return np.asarray(out).transpose(0, 4, 1, 2, 3)
-
-
-@dataclasses.dataclass
-class VideoCrafter(_Loaded):
-  """A loaded VideoCrafter2 UNet, with `forward` taking `UNetModel`'s arguments."""
-  config: VideoCrafterUNetConfig
-  module: VideoCrafterUNet
-  module_class: ClassVar[type[nn.Module]] = VideoCrafterUNet
-
-  def forward(self, x, timesteps, context, fps=16, timestep_cond=None) -> np.ndarray:
-    """The prediction (B, C, T, H, W) for x (B, C, T, H, W), timesteps a number or (B,), context (B, S, D), fps a
-    number or (B,), timestep_cond (B, time_cond_proj_dim) (used only with `config.use_w_embedding`)."""
-    cond = None if timestep_cond is None else np.asarray(timestep_cond)
-    out = self._jitted({"params": self.params}, np.asarray(x).transpose(0, 2, 3, 4, 1),
-                       np.asarray(timesteps, np.float32), np.asarray(context), np.asarray(fps, np.float32), cond)
-    return np.asarray(out).transpose(0, 4, 1, 2, 3)

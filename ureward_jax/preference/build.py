@@ -18,13 +18,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ureward_jax.generation.decode import sampling_config
 from ureward_jax.preference.select import Selection, select
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import inputs, prompts
 from ureward_jax.reward.parsing import parse_pairwise_official, parse_pointwise_official
 from ureward_jax.reward.scoring import Judge, answer_text, end_token_ids
+from ureward_jax.runners.decode import sampling_config
+from ureward_jax.runners.llava import image_processor, layout_config
 
 # The sifting scripts that keep scores as strings: video understanding's and both diffusion ones.
 STRING_SCORE_TASKS = ("video_understanding", "image_generation", "video_generation")
@@ -157,7 +158,7 @@ def sample_answers(policy, tokenizer, items: Sequence[dict], task: str, num_cand
   if not task.endswith("understanding"):
     raise ValueError(f"policies answer understanding tasks; {task} candidates come from a generator")
   sampling_config(max_new_tokens, temperature=temperature)   # checks the settings
-  processor = policy.config.image_processor()
+  processor = image_processor(policy.config)
   end_ids = end_token_ids(tokenizer)
   out: list[list[str] | str] = []
   for n, item in enumerate(items):
@@ -170,7 +171,7 @@ def sample_answers(policy, tokenizer, items: Sequence[dict], task: str, num_cand
     rows = [prompt_ids(tokenizer, prompts.user_turn(question, len(visuals)))] * num_candidates
     copies = [v for _ in rows for v in visuals]
     config = policy.config
-    input_ids, mask, _ = splice_markers(rows, [visual for visual, _ in copies], config.layout(),
+    input_ids, mask, _ = splice_markers(rows, [visual for visual, _ in copies], layout_config(config),
                                         config.image_token_id, config.video_token_id)
     tokens = policy.generate(input_ids, mask, visuals=copies, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                              temperature=temperature, seed=int(np.random.SeedSequence([seed, n]).generate_state(1)[0]))

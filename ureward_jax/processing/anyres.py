@@ -10,9 +10,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-# [384·i, 384·j] for i, j in 1..6 as (H, W), height-major: the order decides ties in `select_best_resolution`.
-DEFAULT_PINPOINTS = tuple((384 * i, 384 * j) for i in range(1, 7) for j in range(1, 7))
-
 
 def select_best_resolution(size: tuple[int, int], pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
   """The pinpoint (h, w) that keeps the most image pixels, ties broken by the least padding (first wins)."""

@@ -122,15 +122,16 @@ def resize_bicubic_aa_uint8(frames: np.ndarray, size: tuple[int, int]) -> np.nda
   return frames
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ImageProcessor:
   """LLaVA-OneVision preprocessing: anyres tiling for single images, one square view per image otherwise.
 
   `size` is the tile / tower input side in pixels; `patch_size` the tower's patch side, so a tile has
-  (size // patch_size)² tokens. `grid_pinpoints` are (height, width) canvases, each a multiple of `size`.
+  (size // patch_size)² tokens. `grid_pinpoints` are (height, width) canvases, each a multiple of `size`: the
+  checkpoint's, which `runners.llava.image_processor` passes from the model config.
   """
+  grid_pinpoints: Sequence[Sequence[int]]
   size: int = 384
-  grid_pinpoints: Sequence[Sequence[int]] = anyres.DEFAULT_PINPOINTS
   image_mean: Sequence[float] = (0.5, 0.5, 0.5)
   image_std: Sequence[float] = (0.5, 0.5, 0.5)
   aspect_ratio: str = "anyres_max_9"

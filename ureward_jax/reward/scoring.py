@@ -28,12 +28,18 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionForConditionalGeneration, layout_arrays
+from ureward_jax.models.llava_onevision import LlavaOnevision
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import inputs, prompts
 from ureward_jax.reward.parsing import parse_pairwise, parse_pointwise
+from ureward_jax.runners.llava import (
+  LlavaOnevisionForConditionalGeneration,
+  image_processor,
+  layout_arrays,
+  layout_config,
+)
 
 METHODS = ("logits", "generate")
 END_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -184,7 +190,7 @@ class Judge:
     self.model, self.tokenizer, self.task, self.mode = model, tokenizer, task, mode
     self.method, self.variant, self.swap, self.batch_size = method, variant, swap, batch_size
     self.max_new_tokens, self.options = max_new_tokens, options
-    self.processor = model.config.image_processor()
+    self.processor = image_processor(model.config)
     self.end_ids = end_token_ids(tokenizer)
     if mode == "pair":
       self.labels = sorted(self.template.verdicts, key=lambda k: (k == 0, k))   # 1, 2, then the tie
@@ -221,7 +227,7 @@ class Judge:
     rows = [prompt_ids(self.tokenizer, text) for text, _ in prepared]
     rows += [rows[-1][-1:]] * (self.batch_size - len(rows))   # filler rows: one token, results dropped
     visuals = [v for _, vs in prepared for v in vs]
-    ids, mask, positions = splice_markers(rows, [item for item, _ in visuals], config.layout(),
+    ids, mask, positions = splice_markers(rows, [item for item, _ in visuals], layout_config(config),
                                           config.image_token_id, config.video_token_id)
     pad = _round_up(ids.shape[1], 64) - ids.shape[1]
     ids, mask, positions = (np.pad(a, ((0, 0), (pad, 0))) for a in (ids, mask, positions))

@@ -26,11 +26,12 @@ from ureward_jax.data import shapes
 from ureward_jax.data.examples import ExampleConfig, make_example, make_preference_example, visual_inputs
 from ureward_jax.data.pipeline import MODEL_KEYS
 from ureward_jax.data.sources import load_mixture
-from ureward_jax.models.llava_onevision import LlavaOnevision, LlavaOnevisionForConditionalGeneration, init_params
+from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import prompts
 from ureward_jax.reward.parsing import parse_pointwise
+from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration
 from ureward_jax.train.tasks.reward_sft import completion_logprobs, model_config
 from ureward_jax.train.tasks.vlm_dpo import sequence_logps
 

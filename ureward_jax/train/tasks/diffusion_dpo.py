@@ -28,9 +28,9 @@ import numpy as np
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.encoded_pairs import check_encoded, encoded_batches, settings_for
 from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
-from ureward_jax.generation import schedulers
-from ureward_jax.generation.sdxl import micro_conditions, text_conditioning
 from ureward_jax.models import clip_text, unet2d, vae
+from ureward_jax.pipelines import schedulers
+from ureward_jax.pipelines.sdxl import micro_conditions, text_conditioning
 from ureward_jax.train import optim, params
 from ureward_jax.train.task import Task
 

@@ -37,8 +37,8 @@ import numpy as np
 from ureward_jax import pretrained
 from ureward_jax.data.image_pairs import PairDataConfig
 from ureward_jax.data.video_pairs import ClipConfig, load_video_pairs, video_pair_batches
-from ureward_jax.generation import schedulers
 from ureward_jax.models import clip_text, unet3d, vae
+from ureward_jax.pipelines import schedulers
 from ureward_jax.train import optim, params, trainable
 from ureward_jax.train.tasks.diffusion_dpo import (
   DiffusionDPO,

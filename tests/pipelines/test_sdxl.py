@@ -65,6 +65,6 @@ def test_latents_and_images_match_diffusers(sdxl, ours, steps):
 
 
 def test_image_size_is_checked_before_compiling(ours):
-  # Per-image seeding and batching: tests/generation/test_generate_cli.py, which compares against this call.
+  # Per-image seeding and batching: tests/pipelines/test_generate_cli.py, which compares against this call.
   with pytest.raises(ValueError, match="multiples of 2"):
     ours(PROMPTS, height=65, width=64)

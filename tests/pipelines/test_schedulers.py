@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 
-from ureward_jax.generation import schedulers as S
+from ureward_jax.pipelines import schedulers as S
 
 # stabilityai/sdxl-turbo scheduler/scheduler_config.json, keys the Euler-ancestral scheduler ignores included.
 TURBO_CONFIG = {

@@ -11,9 +11,9 @@ from diffusers import LCMScheduler
 
 from tests.models.test_unet3d import TINY, params_of, perturbed
 from tests.parity import max_rel
-from ureward_jax.generation import schedulers as S
 from ureward_jax.models import unet3d
 from ureward_jax.nn.embeddings import guidance_embedding
+from ureward_jax.pipelines import schedulers as S
 
 
 class RestatedScheduler:

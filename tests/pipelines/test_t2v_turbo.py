@@ -17,15 +17,15 @@ import ureward_jax
 from converters import t2v_turbo, torch_checkpoint
 from converters.common import ConversionError
 from tests import tiny_t2v
-from tests.generation.test_lcm import RestatedScheduler
 from tests.parity import max_rel
+from tests.pipelines.test_lcm import RestatedScheduler
 from tests.tiny_sdxl import MERGES
 from tests.tiny_t2v import VOCAB, WIDTH
 from tests.video_reference import simple_tokenize
 from ureward_jax.cli import main
-from ureward_jax.generation.t2v_turbo import T2VTurboPipeline
-from ureward_jax.models import unet3d
+from ureward_jax.pipelines.t2v_turbo import T2VTurboPipeline
 from ureward_jax.processing.video import read_frames
+from ureward_jax.runners.unet import VideoCrafter
 
 PROMPTS = ["the red cat!", "The DOG &amp; the  blue cat", "x " * 100, "", "and!!",
            "a dog’s “toy” in a cafÃ© ＡＢＣ"]   # ftfy: straight quotes, repaired mojibake, half-width letters
@@ -96,7 +96,7 @@ def test_a_reference_unet_file_becomes_a_unet_folder(made, tmp_path):
   t2v_turbo.main(["--src", str(tmp_path / "ref.ckpt"), "--config", str(made["root"] / "config.yaml"), "--dst",
                   str(tmp_path / "ref")])
   loaded = ureward_jax.load(tmp_path / "ref")
-  assert isinstance(loaded, unet3d.VideoCrafter)
+  assert isinstance(loaded, VideoCrafter)
   g = torch.Generator().manual_seed(5)
   x, context, cond = torch.randn(2, 4, 2, 8, 8, generator=g), torch.randn(2, 7, WIDTH, generator=g), \
       torch.randn(2, 12, generator=g)

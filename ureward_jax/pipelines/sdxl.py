@@ -22,11 +22,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
-from ureward_jax.generation import schedulers
-from ureward_jax.models.clip_text import CLIPTextEncoder
-from ureward_jax.models.unet2d import UNet
-from ureward_jax.models.vae import VAE
+from ureward_jax.pipelines import schedulers
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
+from ureward_jax.runners.clip_text import CLIPTextEncoder
+from ureward_jax.runners.unet import UNet
+from ureward_jax.runners.vae import VAE
 
 
 @dataclasses.dataclass
@@ -140,3 +140,13 @@ def text_conditioning(text_encoder, params, text_encoder_2, params_2, ids, ids_2
 def micro_conditions(batch: int, height: int, width: int) -> jax.Array:
   """SDXL's `add_time_ids` (B, 6) for uncropped images generated at their original size: (H, W, 0, 0, H, W)."""
   return jnp.broadcast_to(jnp.asarray([height, width, 0, 0, height, width], jnp.float32), (batch, 6))
+
+
+def _load(path, config, dtype=jnp.float32, param_dtype=None, mesh=None, **module_kwargs) -> SDXLPipeline:
+  """The `pretrained` loader of `sdxl` folders. The components load onto one device each; `mesh` and
+  `module_kwargs` are not used."""
+  del config, mesh, module_kwargs
+  return SDXLPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
+
+
+pretrained.register("sdxl", _load)

@@ -22,12 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
-from ureward_jax.generation import schedulers
-from ureward_jax.models.clip_text import CLIPTextEncoder
-from ureward_jax.models.unet3d import VideoCrafter
-from ureward_jax.models.vae import VAE
 from ureward_jax.nn.embeddings import guidance_embedding
+from ureward_jax.pipelines import schedulers
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
+from ureward_jax.runners.clip_text import CLIPTextEncoder
+from ureward_jax.runners.unet import VideoCrafter
+from ureward_jax.runners.vae import VAE
 
 
 @dataclasses.dataclass
@@ -130,3 +130,13 @@ class T2VTurboPipeline:
     video = self._generate(self.params, ids, noise, jnp.float32(guidance_scale), jnp.float32(fps),
                            num_inference_steps)
     return np.asarray(video * 255).astype(np.uint8)
+
+
+def _load(path, config, dtype=jnp.float32, param_dtype=None, mesh=None, **module_kwargs) -> T2VTurboPipeline:
+  """The `pretrained` loader of `t2v_turbo` folders. The components load onto one device each; `mesh` and
+  `module_kwargs` are not used."""
+  del config, mesh, module_kwargs
+  return T2VTurboPipeline.from_folder(path, dtype=dtype, param_dtype=param_dtype)
+
+
+pretrained.register("t2v_turbo", _load)
