@@ -454,9 +454,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
     pretrained.save(dst / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
     steps.update()
   write_tokenizer(tokenizer, dst / "tokenizer")
-  ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "scheduler": schedulers.VIDEOCRAFTER_SCHEDULER,
-          "source": source}
+  ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "source": source}
   (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
+  (dst / pretrained.SCHEDULER).parent.mkdir(exist_ok=True)
+  (dst / pretrained.SCHEDULER).write_text(json.dumps(schedulers.VIDEOCRAFTER_SCHEDULER, indent=2))
   return ours
 
 

@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 CONFIG = "config.json"
 PARAMS = "params"
+SCHEDULER = "scheduler/scheduler_config.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "merges.txt", "chat_template.json", "chat_template.jinja", "generation_config.json",
                    "preprocessor_config.json", "processor_config.json")
@@ -55,6 +56,15 @@ def read_config(path: str | Path) -> dict[str, Any]:
                             "checkpoint first: `python -m converters.llava_onevision`, `converters.sdxl` or "
                             "`converters.t2v_turbo`)")
   return json.loads((path / CONFIG).read_text())
+
+
+def read_scheduler(path: str | Path) -> dict[str, Any]:
+  """The noise schedule of a pipeline folder: `scheduler/scheduler_config.json`, where every pipeline folder keeps it
+  (diffusers' place: SDXL's is diffusers' own file, T2V-Turbo's holds VideoCrafter2's schedule)."""
+  file = Path(path) / SCHEDULER
+  if not file.exists():
+    raise FileNotFoundError(f"{file} is missing: the pipeline folder is incomplete (convert it again)")
+  return json.loads(file.read_text())
 
 
 def load_params(path: str | Path, dtype=None) -> Any:

@@ -147,7 +147,9 @@ def test_video_dpo_step_compiles_with_its_reference(tmp_path):
   """The video DPO step of configs/dpo_t2v_turbo.py with a tiny VideoCrafter UNet: policy, AdamW state of the Linear
   layers alone, a bf16 reference UNet, micro-batches of encoded 2-frame clip pairs; on two of this host's devices."""
   unet_config = VideoCrafterUNetConfig.from_dict(TINY)
-  write_config(tmp_path, {"model_type": "t2v_turbo", "scheduler": schedulers.VIDEOCRAFTER_SCHEDULER})
+  write_config(tmp_path, {"model_type": "t2v_turbo"})
+  (tmp_path / "scheduler").mkdir()
+  (tmp_path / "scheduler" / "scheduler_config.json").write_text(json.dumps(schedulers.VIDEOCRAFTER_SCHEDULER))
   write_config(tmp_path / "unet", unet_config.to_dict())
   write_config(tmp_path / "vae", AutoencoderKLConfig.from_dict(tiny_sdxl.VAE).to_dict())
   config = t2v_dpo_config.get_config()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -44,14 +43,12 @@ class SDXLPipeline:
   def from_folder(cls, path: str | Path, dtype=jnp.float32, param_dtype=None) -> "SDXLPipeline":
     """Components in the compute `dtype`; the VAE stays fp32 (SDXL's overflows in fp16: `force_upcast`)."""
     path = Path(path)
-    scheduler_file = path / "scheduler" / "scheduler_config.json"
-    if not scheduler_file.exists():
-      raise FileNotFoundError(f"{scheduler_file} is missing: the pipeline folder is incomplete")
+    scheduler_config = pretrained.read_scheduler(path)
     components = {name: pretrained.load(path / name, dtype=dtype, param_dtype=param_dtype)
                   for name in ("unet", "text_encoder", "text_encoder_2")}
     vae = pretrained.load(path / "vae", dtype=jnp.float32, param_dtype=param_dtype)
     return cls(vae=vae, tokenizer=CLIPTokenizer(path / "tokenizer"), tokenizer_2=CLIPTokenizer(path / "tokenizer_2"),
-               scheduler_config=json.loads(scheduler_file.read_text()), **components)
+               scheduler_config=scheduler_config, **components)
 
   @property
   def vae_scale_factor(self) -> int:

@@ -44,7 +44,7 @@ class T2VTurboPipeline:
     """Components in the compute `dtype`; the VAE stays fp32. The UNet applies the guidance embedding, which
     T2V-Turbo is distilled with (UnifiedReward's DPO copy ignores it; see `VideoCrafterUNetConfig`)."""
     path = Path(path)
-    config = pretrained.read_config(path)
+    scheduler_config = pretrained.read_scheduler(path)
     unet = pretrained.load(path / "unet", dtype=dtype, param_dtype=param_dtype)
     if unet.config.time_cond_proj_dim is None:
       raise ValueError(f"{path / 'unet'} has no guidance projection (time_cond_proj): a plain VideoCrafter2 UNet, "
@@ -52,7 +52,7 @@ class T2VTurboPipeline:
     unet = VideoCrafter.from_params(dataclasses.replace(unet.config, use_w_embedding=True), unet.params, dtype=dtype)
     return cls(unet=unet, vae=pretrained.load(path / "vae", dtype=jnp.float32, param_dtype=param_dtype),
                text_encoder=pretrained.load(path / "text_encoder", dtype=dtype, param_dtype=param_dtype),
-               tokenizer=OpenCLIPTokenizer(path / "tokenizer"), scheduler_config=config["scheduler"])
+               tokenizer=OpenCLIPTokenizer(path / "tokenizer"), scheduler_config=scheduler_config)
 
   @property
   def vae_scale_factor(self) -> int:

@@ -17,7 +17,6 @@ itself, as the original does with `latent_dist.sample()`.
 from __future__ import annotations
 
 import functools
-import json
 import os
 
 import flax.linen as nn
@@ -136,14 +135,6 @@ def check_pipeline_folder(folder: str, model_type: str, family: str, converter: 
                      f"(python -m converters.{converter} --src ... --dst DIR)")
 
 
-def scheduler_config(folder: str) -> dict:
-  path = os.path.join(folder, "scheduler", "scheduler_config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing: the pipeline folder is incomplete")
-  with open(path) as f:
-    return json.load(f)
-
-
 class FrozenEncoders:
   """The pipeline folder's VAE and both text encoders, frozen and placed on the mesh. Their params are passed into
   the jitted functions, not closed over: a constant would copy them into the program."""
@@ -243,7 +234,7 @@ class DiffusionDPO(Task):
 
   def loss_fn(self):
     d = self.config.diffusion_dpo
-    scheduler = scheduler_config(self.folder) if self.folder else None
+    scheduler = pretrained.read_scheduler(self.folder) if self.folder else None
     return diffusion_dpo_loss_fn(self.module, d.beta, training_alphas_cumprod(d.turbo, scheduler),
                                  self.vae_config.scaling_factor, d.turbo)
 

@@ -174,7 +174,7 @@ class VideoDPO(DiffusionDPO):
 
   def loss_fn(self):
     v = self.config.video_dpo
-    scheduler = pretrained.read_config(self.folder)["scheduler"] if self.folder else schedulers.VIDEOCRAFTER_SCHEDULER
+    scheduler = pretrained.read_scheduler(self.folder) if self.folder else schedulers.VIDEOCRAFTER_SCHEDULER
     return video_dpo_loss_fn(self.module, v.beta, training_alphas_cumprod(False, scheduler),
                              self.vae_config.scaling_factor, paired=v.paired, keep_width=v.keep_width,
                              fps=float(v.fps), reference_dropout=v.reference_dropout)
