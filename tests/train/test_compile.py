@@ -19,7 +19,7 @@ import configs.reward_llava_ov_7b as reward_config  # noqa: E402
 from tests import tiny_sdxl  # noqa: E402
 from tests.models.test_structure import CONFIG  # noqa: E402
 from tests.models.test_videocrafter import TINY  # noqa: E402
-from ureward_jax.models import unet3d  # noqa: E402
+from ureward_jax.models import unet2d, unet3d  # noqa: E402
 from ureward_jax.models.llava_onevision import PRESETS, param_shapes  # noqa: E402
 from ureward_jax.models.unet2d import UNet2DConditionConfig  # noqa: E402
 from ureward_jax.models.unet2d import param_shapes as unet_param_shapes  # noqa: E402
@@ -170,7 +170,6 @@ def test_video_dpo_step_compiles_with_its_reference(tmp_path):
 def test_diffusion_flops_count_four_unet_forwards_per_micro_batch(tiny_sdxl_folder):
   """Model FLOPs of the pair steps (what the diffusion runs' MFU divides): four UNet forwards per micro-batch (the
   policy's forward and backward, the reference's forward), so doubling the micro-batches doubles them."""
-  from ureward_jax.models import unet2d
   one, two = (compile(sdxl_run(tiny_sdxl_folder, accum), jax.devices()[:1])["model_flops_per_step"] for accum in (1, 2))
   assert two == pytest.approx(2 * one, rel=1e-6)
   config = UNet2DConditionConfig.from_dict(tiny_sdxl.UNET)

@@ -87,7 +87,7 @@ def adafactor(learning_rate, weight_decay: float = 1e-2, clip_threshold: float =
 
 
 def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int, params: Any, peak_lr: float | None = None,
-                   decay_mask: Callable[[Any], Any] | None = None, part_rates: Mapping[str, float | None] = {}
+                   decay_mask: Callable[[Any], Any] | None = None, part_rates: Mapping[str, float | None] | None = None
                    ) -> tuple[optax.GradientTransformation, Callable[[int], Any]]:
   """(optimiser of the trained `params`, its learning-rate schedule by step) from the `optim` section.
 
@@ -112,7 +112,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, num_steps: int, params: Any
     update = adamw(learning_rate=learning_rate, b1=b1, b2=0.999, eps=1e-8, weight_decay=optim.weight_decay,
                    mask=mask)
   chain = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm else []
-  rates = {name: rate for name, rate in part_rates.items() if rate is not None and name in params}
+  rates = {name: rate for name, rate in (part_rates or {}).items() if rate is not None and name in params}
   if rates:
     scales = {name: jax.tree.map(lambda _, r=rates.get(name): 1.0 if r is None else r / lr, tree)
               for name, tree in params.items()}

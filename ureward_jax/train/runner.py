@@ -46,11 +46,10 @@ def check_config(config: ml_collections.ConfigDict, keys: dict[str, Sequence[str
       continue
     missing += [prefix + k for k in names if k not in node]
     unknown += [prefix + k for k in node.keys() if k not in names]
-  if missing or unknown:
-    raise ValueError(f"config of train.objective {config.train.objective!r}: "
-                     + "; ".join(filter(None, [f"unknown keys {sorted(unknown)}" if unknown else "",
-                                               f"missing keys {sorted(missing)} (declare them in the config file)"
-                                               if missing else ""])))
+  problems = ([f"unknown keys {sorted(unknown)}"] if unknown else []) + \
+      ([f"missing keys {sorted(missing)} (declare them in the config file)"] if missing else [])
+  if problems:
+    raise ValueError(f"config of train.objective {config.train.objective!r}: " + "; ".join(problems))
 
 
 def config_keys(config: ml_collections.ConfigDict, task: type[Task]) -> dict[str, tuple[str, ...]]:

@@ -179,7 +179,8 @@ class DiffusionDPO(Task):
   """The pair tasks' common part: a pipeline folder's UNet trained against a frozen copy on encoded pairs."""
 
   model_type, converter, family = "sdxl", "sdxl", "SDXL"
-  unet, unet_config_cls, vae_config_cls = unet2d, unet2d.UNet2DConditionConfig, vae.AutoencoderKLConfig
+  unet, unet_config_cls = unet2d, unet2d.UNet2DConditionConfig
+  default_vae_config = vae.AutoencoderKLConfig()   # SDXL's: for compiling ahead of time without a checkpoint
 
   @classmethod
   def config_keys(cls, config):
@@ -196,8 +197,8 @@ class DiffusionDPO(Task):
     # Compiling ahead of time without a checkpoint: the published architecture.
     self.unet_config = (params.component_config(folder, "unet", self.unet_config_cls) if folder
                         else self.unet_config_cls())
-    self.vae_config = (params.component_config(folder, "vae", self.vae_config_cls) if folder
-                       else self.vae_config_cls())
+    self.vae_config = (params.component_config(folder, "vae", vae.AutoencoderKLConfig) if folder
+                       else self.default_vae_config)
     self.rows = parallel.data_sharding(mesh, batch_axis=1)
     d, accum = config.data, config.train.grad_accum
     self.micro = d.batch_size // accum
@@ -287,11 +288,9 @@ class DiffusionDPO(Task):
     """Model FLOPs of a step: the policy's forward and backward (3 forwards) and the reference's forward, per
     micro-batch, the UNet's forward counted by XLA on the unrolled network. The frozen encoders are not counted."""
     mb = {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in inputs.items()}
-    boxed = self.param_shapes()
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), nn.unbox(boxed))
     loss_fn = self.loss_fn()
-    forward = jax.jit(lambda p, b: loss_fn(p, jax.tree.map(jax.lax.stop_gradient, p), b, jax.random.key(0))[0])
-    cost = forward.lower(abstract, mb).cost_analysis()
+    loss = jax.jit(lambda p, b: loss_fn(p, p, b, jax.random.key(0))[0])
+    cost = loss.lower(nn.unbox(self.param_shapes()), mb).cost_analysis()
     # The loss runs two UNet forwards (policy, reference); a training step is 4 forwards' worth per micro-batch.
     return 2.0 * float(cost["flops"]) * self.config.train.grad_accum
 

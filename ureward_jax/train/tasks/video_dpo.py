@@ -132,6 +132,7 @@ class VideoEncoders:
 class VideoDPO(DiffusionDPO):
   model_type, converter, family = "t2v_turbo", "t2v_turbo", "T2V-Turbo"
   unet, unet_config_cls = unet3d, unet3d.VideoCrafterUNetConfig
+  default_vae_config = vae.LDM_VAE
 
   @classmethod
   def config_keys(cls, config):
@@ -141,11 +142,6 @@ class VideoDPO(DiffusionDPO):
             "video_dpo": ("beta", "paired", "keep_width", "fps", "dupbeta", "w_embedding", "trainable", "reference",
                           "reference_dtype", "reference_dropout"),
             "optim": optim.config_keys(config.optim) + optim.EXTRA_KEYS["onecycle"]}
-
-  def __init__(self, config, mesh, abstract=False):
-    super().__init__(config, mesh, abstract)
-    if not self.folder:   # compiling VideoCrafter2's step without a checkpoint: its latent-diffusion VAE
-      self.vae_config = vae.LDM_VAE
 
   @property
   def module(self):

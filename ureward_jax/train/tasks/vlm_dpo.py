@@ -106,7 +106,6 @@ def dpo_loss_fn(module: LlavaOnevision, beta: float, loss_type: str = "sigmoid",
 
 
 class VlmDPO(RewardSFT):
-  summed_metrics = ()
   rows_per_sample = 2
 
   @classmethod
