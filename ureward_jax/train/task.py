@@ -16,10 +16,12 @@ import jax
 import ml_collections
 from absl import logging
 
+from ureward_jax import parallel
+
 # Keys every training config declares; a task adds its own (`Task.config_keys`).
 COMMON_KEYS = {
     "": ("workdir", "seed", "remat", "model", "data", "mesh", "train", "optim", "checkpoint"),
-    "mesh": ("data", "fsdp", "tensor"),
+    "mesh": parallel.MESH_AXES,
     "train": ("objective", "num_steps", "num_epochs", "log_every", "grad_accum"),
     "checkpoint": ("every", "keep"),
 }
