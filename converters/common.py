@@ -21,12 +21,14 @@ import ml_dtypes
 import numpy as np
 from tqdm import tqdm
 
+from ureward_jax.errors import UserError
+
 _DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError):
   """A checkpoint does not match what the model expects; the message names every offending tensor."""
 
 

@@ -23,6 +23,7 @@ import numpy as np
 from converters import common
 from converters.common import ConversionError, Rule
 from ureward_jax import pretrained
+from ureward_jax.errors import UserError
 from ureward_jax.models.llava_onevision import DEFAULT_PINPOINTS, LlavaOnevisionConfig, param_shapes
 from ureward_jax.models.qwen2 import Qwen2Config
 from ureward_jax.models.siglip import SiglipVisionConfig
@@ -219,7 +220,7 @@ def resize_vocab(flat: dict, config: LlavaOnevisionConfig, vocab_size: int):
   old = config.text.vocab_size
   needed = max(config.image_token_id, config.video_token_id) + 1
   if vocab_size < needed:
-    raise ValueError(f"cannot trim the vocabulary to {vocab_size}: the image/video token ids need {needed} rows")
+    raise UserError(f"cannot trim the vocabulary to {vocab_size}: the image/video token ids need {needed} rows")
   flat = dict(flat)
   for path, axis in (("language_model/embed_tokens/embedding", 0), ("language_model/lm_head/kernel", 1)):
     if path not in flat:
@@ -238,7 +239,7 @@ def resize_vocab(flat: dict, config: LlavaOnevisionConfig, vocab_size: int):
 def export_folder(src: str | Path, dst: str | Path, fmt: str, vocab_size: int | None = None) -> None:
   """Write our checkpoint folder `src` back as a `fmt` folder at `dst`, optionally with `vocab_size` rows."""
   if fmt not in FORMATS:
-    raise ValueError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
+    raise UserError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
   raw = pretrained.read_config(src)
   source = raw.get("source", {})
   config = LlavaOnevisionConfig.from_dict({k: v for k, v in raw.items() if k != "source"})

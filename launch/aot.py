@@ -15,9 +15,10 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from launch import entry  # noqa: E402
 from ureward_jax.train import runner  # noqa: E402
 from ureward_jax.train.topology import GiB  # noqa: E402
 
@@ -39,4 +40,4 @@ def main(_):
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  entry.run(main)

@@ -8,18 +8,19 @@ text conditioning of every caption, written to `data.encoded`; training with the
 Run the same command again after an interruption and it continues where it stopped.
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from launch import entry
 from ureward_jax.train.encode_pairs import encode
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "a Diffusion-DPO config, e.g. configs/dpo_sdxl_turbo.py")
 
 
 def main(_):
-  encode(_CONFIG.value)   # app.run would take a returned value for an exit status
+  encode(_CONFIG.value)   # a returned value would be the exit status
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  entry.run(main)

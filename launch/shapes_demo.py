@@ -11,9 +11,10 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from configs import demo as demo_config  # noqa: E402
+from launch import entry  # noqa: E402
 from ureward_jax.train import demo, runner  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "shapes_run", "where data, checkpoints and metrics go (resumed if present)")
@@ -40,4 +41,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  entry.run(main)

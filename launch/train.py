@@ -9,18 +9,19 @@ step, saves and exits. On a TPU slice or a GPU cluster the same command runs on 
 `launch/gpu_slurm.sh`).
 """
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from launch import entry
 from ureward_jax.train import runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "training config file, e.g. configs/demo.py")
 
 
 def main(_):
-  runner.train(_CONFIG.value)   # app.run would take a returned value for an exit status
+  runner.train(_CONFIG.value)   # a returned value would be the exit status
 
 
 if __name__ == "__main__":
   flags.mark_flag_as_required("config")
-  app.run(main)
+  entry.run(main)

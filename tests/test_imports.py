@@ -16,21 +16,22 @@ PACKAGE = "ureward_jax"
 
 # Lowest first. A module may import a module of a strictly lower layer, or one of its own top-level subpackage.
 LAYERS = {
-    0: ("parallel", "processing"),   # leaves: they import nothing else of ureward_jax
-    1: ("nn", "pretrained"),
-    2: ("models",),
-    3: ("runners",),
-    4: ("pipelines",),
-    5: ("reward",),
-    6: ("data", "preference"),
-    7: ("train", "serve"),
-    8: ("cli",),
+    0: ("errors",),   # the leaf: it imports nothing else of ureward_jax
+    1: ("parallel", "processing", "outputs"),
+    2: ("nn", "pretrained"),
+    3: ("models",),
+    4: ("runners",),
+    5: ("pipelines",),
+    6: ("reward",),
+    7: ("data", "preference"),
+    8: ("train", "serve"),
+    9: ("cli",),
 }   # and ureward_jax/__init__.py above them all (see above)
 # Edges the layers allow that the design does not: models are pure Linen modules; the runners build the
 # processing objects a model config implies.
 FORBIDDEN = {"models": ("processing",)}
 # What converters/ may import of ureward_jax.
-CONVERTERS_IMPORT = ("models", "pretrained", "runners", "pipelines")
+CONVERTERS_IMPORT = ("models", "pretrained", "runners", "pipelines", "errors", "outputs")
 # Top-level names nothing in ureward_jax/ imports.
 OUTSIDE = ("launch", "converters", "configs", "tests", "bench", "torch")
 MAX_LINES = 450
@@ -188,5 +189,5 @@ def test_the_checks_see_a_cycle_an_upward_edge_and_a_forbidden_one(tmp_path):
   assert cycles(edges) == [["pkg.models.b", "pkg.runners.a"]]
   assert layer_violations(edges, "pkg") == [
       "pkg.models.b -> pkg.processing: models must not import processing",
-      "pkg.models.b -> pkg.runners.a: layer 2 (models) imports layer 3 (runners)",
-      "pkg.processing -> pkg -> pkg.runners: layer 0 (processing) imports layer 3 (runners)"]
+      "pkg.models.b -> pkg.runners.a: layer 3 (models) imports layer 4 (runners)",
+      "pkg.processing -> pkg -> pkg.runners: layer 1 (processing) imports layer 4 (runners)"]

@@ -18,6 +18,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ureward_jax.errors import UserError
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 # Logical axis → mesh axes. Weights shard their width over `fsdp` and their head/MLP/vocabulary axis over `tensor`;
@@ -47,17 +49,17 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices: Sequence[
   devices = list(jax.devices() if devices is None else devices)
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ValueError(f"mesh sizes must be positive, with at most one -1; got data={data}, fsdp={fsdp}, "
-                     f"tensor={tensor}")
+    raise UserError(f"mesh sizes must be positive, with at most one -1; got data={data}, fsdp={fsdp}, "
+                    f"tensor={tensor}")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not split into a mesh with data={data}, fsdp={fsdp}, "
-                       f"tensor={tensor}")
+      raise UserError(f"{len(devices)} devices do not split into a mesh with data={data}, fsdp={fsdp}, "
+                      f"tensor={tensor}")
     sizes[sizes.index(-1)] = len(devices) // known
   if math.prod(sizes) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
-                     f"{len(devices)} are available")
+    raise UserError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                    f"{len(devices)} are available")
   return Mesh(np.asarray(devices).reshape(sizes), MESH_AXES)
 
 

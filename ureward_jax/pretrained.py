@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from ureward_jax.errors import UserError
+
 CONFIG = "config.json"
 PARAMS = "params"
 SCHEDULER = "scheduler/scheduler_config.json"
@@ -89,8 +91,8 @@ def single_device(config_class, wrapper_class) -> Loader:
   folder's config, params on the first device, `wrapper_class.from_params`. A `mesh` is refused."""
   def load_on_one_device(path, config, dtype=jnp.float32, param_dtype=None, mesh=None, **module_kwargs):
     if mesh is not None:
-      raise ValueError(f"{path}: a {config['model_type']} checkpoint loads onto one device; shard it in the "
-                       "training step")
+      raise UserError(f"{path}: a {config['model_type']} checkpoint loads onto one device; shard it in the "
+                      "training step")
     config = config_class.from_dict(config)
     params = jax.device_put(load_params(path, param_dtype), jax.devices()[0])
     return wrapper_class.from_params(config, params, dtype=dtype, **module_kwargs)
@@ -107,5 +109,5 @@ def load(path: str | Path, dtype=jnp.float32, param_dtype=None, mesh=None, **mod
   config = read_config(path)
   model_type = config.get("model_type")
   if model_type not in _LOADERS:
-    raise ValueError(f"{path}: unknown model_type {model_type!r} in {CONFIG}; known: {sorted(_LOADERS)}")
+    raise UserError(f"{path}: unknown model_type {model_type!r} in {CONFIG}; known: {sorted(_LOADERS)}")
   return _LOADERS[model_type](path, config, dtype=dtype, param_dtype=param_dtype, mesh=mesh, **module_kwargs)

@@ -8,14 +8,15 @@ with its `add_arguments` and `run`; `common` holds what they share.
   ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR ...
 
 Every command appends its results to JSONL a batch at a time and, run again with the same output, skips what is
-there. Helpers raise; `main` alone turns a user's error into a message.
+there. Helpers raise; `main` alone turns a user's error into a message (`ureward_jax.errors`).
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ureward_jax.cli import build_pairs, common, evaluate, generate, score
+from ureward_jax import errors
+from ureward_jax.cli import build_pairs, evaluate, generate, score
 
 COMMANDS = (score, evaluate, build_pairs, generate)
 
@@ -40,13 +41,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-  """Run one command; 0 when it finished. A user's error ends it as SystemExit("error: ..."), which Python prints
-  as that one line on stderr with exit status 1 (callers in Python see the message); a bad command line exits with
-  argparse's usage message and status 2."""
+  """Run one command; 0 when it finished. Runs under `errors.guard`: a user's error ends it as SystemExit("error:
+  ..."), which Python prints as that one line on stderr with exit status 1 (callers in Python see the message), Ctrl-C
+  with "interrupted; re-run to resume" and status 130; a bad command line exits with argparse's usage message and
+  status 2."""
   args = parser().parse_args(argv)
-  try:
-    return args.run(args)
-  except FileNotFoundError as e:   # a missing input, output folder or checkpoint component
-    raise SystemExit(f"error: {e.filename}: {e.strerror}" if e.filename else f"error: {e}") from None
-  except (common.UsageError, ValueError) as e:   # ValueError: the library's refusals of options and malformed files
-    raise SystemExit(f"error: {e}") from None
+  return errors.guard(lambda: args.run(args))

@@ -8,10 +8,11 @@ import os
 import sys
 
 from ureward_jax.data.jsonl import JsonlWriter, read_lines
+from ureward_jax.errors import UserError
 from ureward_jax.reward import inputs
 
 
-class UsageError(Exception):
+class UsageError(UserError):
   """A problem the user fixes (an option, a file, a folder): `main` prints it as one `error:` line."""
 
 

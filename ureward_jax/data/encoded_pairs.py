@@ -27,6 +27,7 @@ import grain
 import numpy as np
 
 from ureward_jax.data.image_pairs import PairDataConfig, pair_stream
+from ureward_jax.errors import UserError
 from ureward_jax.pipelines.sdxl import micro_conditions
 
 META = "encoded.json"
@@ -68,8 +69,8 @@ class EncodedFolder:
       self.arrays = {key: np.lib.format.open_memmap(self._path(key), mode="r+") for key in shapes}
       for key, shape in shapes.items():
         if self.arrays[key].shape != tuple(shape):
-          raise ValueError(f"{self._path(key)} has shape {self.arrays[key].shape}, expected {tuple(shape)}: the "
-                           "folder was encoded with another pipeline; use another folder or delete it")
+          raise UserError(f"{self._path(key)} has shape {self.arrays[key].shape}, expected {tuple(shape)}: the "
+                          "folder was encoded with another pipeline; use another folder or delete it")
     else:
       os.makedirs(folder, exist_ok=True)
       self.progress = {"captions_done": 0, "pairs_done": 0, "complete": False}
@@ -97,8 +98,8 @@ def check_encoded(folder: str, settings: dict) -> dict:
   same resolution and flips as `settings` (`settings_for`)."""
   meta = _read_meta(folder)
   if not meta["progress"].get("complete"):
-    raise ValueError(f"{folder}: the encoding pass did not finish; run `python -m launch.encode_pairs` with the same "
-                     "config again to complete it")
+    raise UserError(f"{folder}: the encoding pass did not finish; run `python -m launch.encode_pairs` with the same "
+                    "config again to complete it")
   _check_settings(folder, meta["settings"], json.loads(json.dumps(settings)), compare_checkpoint=False)
   return meta
 
@@ -116,8 +117,8 @@ def _check_settings(folder: str, found: dict, expected: dict, compare_checkpoint
   keys = [k for k in expected if k != "checkpoint" or compare_checkpoint]
   differ = [f"{k}: {found.get(k)!r} there, {expected[k]!r} here" for k in keys if found.get(k) != expected[k]]
   if differ:
-    raise ValueError(f"{folder} was encoded from other pairs or settings ({'; '.join(differ)}); encode again into "
-                     "another folder or delete it")
+    raise UserError(f"{folder} was encoded from other pairs or settings ({'; '.join(differ)}); encode again into "
+                    "another folder or delete it")
 
 
 class ReadEncodedPair(grain.transforms.MapWithIndex):

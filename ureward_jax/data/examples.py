@@ -23,6 +23,7 @@ import tokenizers
 from PIL import Image, UnidentifiedImageError
 
 from ureward_jax.data.sources import Record
+from ureward_jax.errors import UserError
 from ureward_jax.processing.chat import IGNORE, tokenize_conversation, tokenize_preference
 from ureward_jax.processing.feature_layout import IMAGE_MARKER, LayoutConfig, VisualItem, item_layout
 from ureward_jax.processing.image import ImageProcessor
@@ -31,7 +32,7 @@ from ureward_jax.reward import prompts
 from ureward_jax.runners.llava import image_processor, layout_config
 
 
-class BadRecord(ValueError):
+class BadRecord(UserError):
   """A record that cannot become an example (missing or corrupt file, empty conversation, ...)."""
 
 

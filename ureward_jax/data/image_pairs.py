@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from ureward_jax.data.jsonl import read_records
+from ureward_jax.errors import UserError
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 
 REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -56,16 +57,16 @@ def load_pairs(path: str, image_folder: str | None = None) -> list[dict]:
   for where, row in rows:
     missing = [key for key in REQUIRED if key not in row]
     if missing:
-      raise ValueError(f"{where}: an image pair needs {', '.join(REQUIRED)}; missing {', '.join(missing)}")
+      raise UserError(f"{where}: an image pair needs {', '.join(REQUIRED)}; missing {', '.join(missing)}")
     if not isinstance(row["caption"], str):
-      raise ValueError(f"{where}: caption must be a string, got {row['caption']!r}")
+      raise UserError(f"{where}: caption must be a string, got {row['caption']!r}")
     for key in ("jpg_0", "jpg_1"):
       if not isinstance(row[key], str) or not row[key]:
-        raise ValueError(f"{where}: {key} must be an image path, got {row[key]!r}")
+        raise UserError(f"{where}: {key} must be an image path, got {row[key]!r}")
     label = row["label_0"]
     if isinstance(label, bool) or not isinstance(label, (int, float)) or label not in (0, TIE, 1):
-      raise ValueError(f"{where}: label_0 must be 1 (jpg_0 preferred), 0 (jpg_1 preferred) or 0.5 (a tie), "
-                       f"got {label!r}")
+      raise UserError(f"{where}: label_0 must be 1 (jpg_0 preferred), 0 (jpg_1 preferred) or 0.5 (a tie), "
+                      f"got {label!r}")
     if label == TIE:
       ties += 1
       continue
@@ -144,7 +145,7 @@ def pair_batches(records: Sequence[dict], data: PairDataConfig, tokenizer_folder
   M = B / A: `pixels` (A, 2M, R, R, 3) float32 in [−1, 1], each micro-batch [winners of its M pairs; their losers],
   `ids`, `ids_2` (A, M, 77) int32, `weight` (A, M) float32 (0 for a bad pair), and the flat `index`, `bad` (B,)."""
   if not records:
-    raise ValueError("the training data has no image pairs")
+    raise UserError("the training data has no image pairs")
   build = BuildPair(records, data.resolution, data.random_flip, data.seed, tokenizer_folder, tokenizer_2_folder)
   return pair_stream(len(records), build, data, start, process_index, process_count)
 
@@ -157,8 +158,8 @@ def pair_stream(count: int, transform: grain.transforms.MapWithIndex, data: Pair
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if data.global_batch % (process_count * data.grad_accum) or data.global_batch <= 0:
-    raise ValueError(f"global batch {data.global_batch} does not split into {process_count} hosts × "
-                     f"{data.grad_accum} micro-batches")
+    raise UserError(f"global batch {data.global_batch} does not split into {process_count} hosts × "
+                    f"{data.grad_accum} micro-batches")
   ds = grain.MapDataset.range(count).seed(data.seed).shuffle().repeat(data.num_epochs)
   ds = ds.map_with_index(transform)[process_index::process_count]   # positions before the split: the epoch is global
   ds = ds.batch(data.global_batch // process_count, drop_remainder=True)

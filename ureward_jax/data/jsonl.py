@@ -13,7 +13,7 @@ ones): `JsonlWriter` removes such a line, says so in `repaired`, and its row is 
 not a JSON object with an id means the file was edited or damaged; that is an error naming the line, since guessing
 would drop or repeat rows.
 
-This module imports nothing else of the project: the command and every data reader sit above it.
+This module imports nothing else of the project but its error type: the command and every data reader sit above it.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import json
 import os
 from collections.abc import Hashable
 from typing import Iterable, Iterator
+
+from ureward_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +68,20 @@ def read_records(path: str) -> list[tuple[str, dict]]:
     records = []
     for line in read_lines(path):
       if line.error:
-        raise ValueError(f"{line.where}: {line.error}")
+        raise UserError(f"{line.where}: {line.error}")
       records.append((line.where, line.row))
     return records
   with open(path, encoding="utf-8") as f:
     try:
       records = json.load(f)
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+      raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
   if not isinstance(records, list):
-    raise ValueError(f"{path}: expected a list of records (JSON objects), got {type(records).__name__}")
+    raise UserError(f"{path}: expected a list of records (JSON objects), got {type(records).__name__}")
   located = [(f"{path}: record {i}", record) for i, record in enumerate(records)]
   for where, record in located:
     if not isinstance(record, dict):
-      raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+      raise UserError(f"{where}: expected a JSON object, got {type(record).__name__}")
   return located
 
 
@@ -114,8 +116,8 @@ class JsonlWriter:
           if not error and not isinstance(row.get(self.key, []), Hashable):
             error = f"no {self.key!r}, or one that is a list or an object"
           if error:
-            raise ValueError(f"{self.path}:{number}: {error}. Only the last line of an interrupted run can be cut "
-                             "short, so the file was edited or damaged: fix or delete that line, or write elsewhere")
+            raise UserError(f"{self.path}:{number}: {error}. Only the last line of an interrupted run can be cut "
+                            "short, so the file was edited or damaged: fix or delete that line, or write elsewhere")
           self.done.add(row[self.key])
         whole += len(last)
     if not last.endswith(b"\n"):   # a whole last row that lost only its newline: keep it, end it

@@ -25,6 +25,7 @@ import tokenizers
 
 from ureward_jax.data.examples import BadRecord, ExampleConfig, empty_example, make_example, make_preference_example
 from ureward_jax.data.sources import Record
+from ureward_jax.errors import UserError
 
 TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "positions")
 VISUAL_ROW_KEYS = ("visual_src", "visual_weight", "visual_dest")
@@ -75,10 +76,10 @@ def batches(records: Sequence[Record], cfg: ExampleConfig, tokenizer_file: str, 
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if data.global_batch % (process_count * data.grad_accum):
-    raise ValueError(f"global batch {data.global_batch} does not split into {process_count} hosts × "
-                     f"{data.grad_accum} micro-batches")
+    raise UserError(f"global batch {data.global_batch} does not split into {process_count} hosts × "
+                    f"{data.grad_accum} micro-batches")
   if not records:
-    raise ValueError("the training data has no records")
+    raise UserError("the training data has no records")
   buckets = tuple(sorted(b for b in set(data.buckets) if b < cfg.max_length)) + (cfg.max_length,)
   ds = grain.MapDataset.range(len(records)).seed(data.seed).shuffle().repeat(data.num_epochs)
   ds = ds[process_index::process_count]

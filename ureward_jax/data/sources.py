@@ -37,6 +37,7 @@ import numpy as np
 import yaml
 
 from ureward_jax.data.jsonl import read_records
+from ureward_jax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +54,11 @@ def sample_indices(total: int, strategy: str, seed: int = 0) -> np.ndarray:
     return np.arange(total)
   kind, _, amount = strategy.partition(":")
   if kind not in ("first", "end", "random") or not amount:
-    raise ValueError(f"unknown sampling strategy {strategy!r}; expected all, first:N, end:N, random:N or random:P%")
+    raise UserError(f"unknown sampling strategy {strategy!r}; expected all, first:N, end:N, random:N or random:P%")
   try:
     count = math.ceil(float(amount[:-1]) * total / 100) if amount.endswith("%") else int(amount)
   except ValueError:
-    raise ValueError(f"sampling strategy {strategy!r}: {amount!r} is not a count or a percentage") from None
+    raise UserError(f"sampling strategy {strategy!r}: {amount!r} is not a count or a percentage") from None
   count = min(count, total)
   if kind == "first":
     return np.arange(count)
@@ -111,8 +112,8 @@ class TfdsSource(Sequence[Record]):
     except ImportError:
       raise ImportError("a `tfds_name` mixture entry needs TensorFlow Datasets: pip install 'ureward_jax[tfds]'") from None
     except Exception as e:   # TFDS raises several kinds for a missing or unprepared dataset
-      raise ValueError(f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir!r}) cannot be read as an "
-                       f"ArrayRecord data source: {e}") from None
+      raise UserError(f"TFDS dataset {name!r} (split {split!r}, data_dir {data_dir!r}) cannot be read as an "
+                      f"ArrayRecord data source: {e}") from None
     self._length = len(self._source)
 
   def _open(self):
@@ -161,12 +162,12 @@ def load_mixture(path: str, image_folder: str | None = None, seed: int = 0) -> S
   with open(path) as f:
     spec = yaml.safe_load(f)
   if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
-    raise ValueError(f"{path}: a mixture file needs a `datasets:` list of entries with `json_path` or `tfds_name`")
+    raise UserError(f"{path}: a mixture file needs a `datasets:` list of entries with `json_path` or `tfds_name`")
   base = os.path.dirname(os.path.abspath(path))
   parts = []
   for index, entry in enumerate(spec["datasets"]):
     if not isinstance(entry, dict) or ("json_path" in entry) == ("tfds_name" in entry):
-      raise ValueError(f"{path}: dataset entry {index} needs one of `json_path` or `tfds_name`")
+      raise UserError(f"{path}: dataset entry {index} needs one of `json_path` or `tfds_name`")
     if "json_path" in entry:
       json_path = os.path.join(base, entry["json_path"])
       folder = os.path.join(base, entry.get("image_folder") or image_folder or os.path.dirname(json_path))

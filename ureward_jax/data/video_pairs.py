@@ -28,6 +28,7 @@ from PIL import Image
 
 from ureward_jax.data.image_pairs import PairDataConfig, pair_stream
 from ureward_jax.data.jsonl import read_records
+from ureward_jax.errors import UserError
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
 from ureward_jax.processing.video import read_clip
 
@@ -54,15 +55,15 @@ def load_video_pairs(path: str, video_folder: str | None = None) -> list[dict]:
   for where, row in read_records(path):
     missing = [key for key in REQUIRED if key not in row]
     if missing:
-      raise ValueError(f"{where}: a video pair needs {', '.join(REQUIRED)}; missing {', '.join(missing)}")
+      raise UserError(f"{where}: a video pair needs {', '.join(REQUIRED)}; missing {', '.join(missing)}")
     if not isinstance(row["caption"], str):
-      raise ValueError(f"{where}: caption must be a string, got {row['caption']!r}")
+      raise UserError(f"{where}: caption must be a string, got {row['caption']!r}")
     for key in ("chosen", "rejected"):
       if not isinstance(row[key], str) or not row[key]:
-        raise ValueError(f"{where}: {key} must be a video file or frame folder path, got {row[key]!r}")
+        raise UserError(f"{where}: {key} must be a video file or frame folder path, got {row[key]!r}")
     score = row.get("score", 1.0)
     if isinstance(score, bool) or not isinstance(score, (int, float)) or not score > 0:
-      raise ValueError(f"{where}: score must be a positive number, got {score!r}")
+      raise UserError(f"{where}: score must be a positive number, got {score!r}")
     pairs.append({**row, "chosen": os.path.join(folder, row["chosen"]),
                   "rejected": os.path.join(folder, row["rejected"])})
   return pairs
@@ -71,7 +72,7 @@ def load_video_pairs(path: str, video_folder: str | None = None) -> list[dict]:
 def clip_positions(total: int, clip: ClipConfig, rng: np.random.Generator) -> list[int]:
   """VideoDPO's frames of a `total`-frame video: `video_length` consecutive strided positions from a random start."""
   if total < clip.video_length:
-    raise ValueError(f"{total} frames, fewer than the {clip.video_length} of a clip")
+    raise UserError(f"{total} frames, fewer than the {clip.video_length} of a clip")
   positions = list(range(0, total, clip.frame_stride))
   if len(positions) < clip.video_length:
     positions = list(range(total))
@@ -134,6 +135,6 @@ def video_pair_batches(records: Sequence[dict], data: PairDataConfig, clip: Clip
   rejected], `ids` (A, M, 77) int32, `factor` and `weight` (A, M) float32 (weight 0 for a bad pair), and the flat
   `index`, `bad` (B,)."""
   if not records:
-    raise ValueError("the training data has no video pairs")
+    raise UserError("the training data has no video pairs")
   build = BuildVideoPair(records, clip, data.seed, tokenizer_folder)
   return pair_stream(len(records), build, data, start, process_index, process_count)

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.activations import ACTIVATIONS, check_activation
 from ureward_jax.nn.attention import causal_mask, dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
@@ -71,8 +72,8 @@ class CLIPTextConfig:
     config = cls(**kwargs)
     check_activation(config.hidden_act, "CLIP text hidden_act")
     if config.hidden_size % config.num_attention_heads:
-      raise ValueError(f"CLIP text hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
-                       f"{config.num_attention_heads}")
+      raise UserError(f"CLIP text hidden_size {config.hidden_size} is not a multiple of num_attention_heads "
+                      f"{config.num_attention_heads}")
     return config
 
   def to_dict(self) -> dict[str, Any]:

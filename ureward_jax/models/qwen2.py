@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import default_kernel_init, dense, logical
 from ureward_jax.nn.norms import RMSNorm
@@ -50,12 +51,12 @@ class Qwen2Config:
     d = dict(d)
     rope = d.get("rope_parameters") or d.get("rope_scaling") or {}
     if rope.get("rope_type", rope.get("type", "default")) != "default":
-      raise ValueError(f"RoPE scaling {rope} is not supported; only default RoPE is implemented")
+      raise UserError(f"RoPE scaling {rope} is not supported; only default RoPE is implemented")
     d.setdefault("rope_theta", rope.get("rope_theta", cls.rope_theta))
     if d.get("use_sliding_window"):
-      raise ValueError("use_sliding_window=True is not supported: Qwen2 checkpoints of this model use full attention")
+      raise UserError("use_sliding_window=True is not supported: Qwen2 checkpoints of this model use full attention")
     if d.get("hidden_act", "silu") != "silu":
-      raise ValueError(f"hidden_act {d['hidden_act']!r} is not supported; Qwen2 uses 'silu'")
+      raise UserError(f"hidden_act {d['hidden_act']!r} is not supported; Qwen2 uses 'silu'")
     if d.get("head_dim") is None:
       d["head_dim"] = d["hidden_size"] // d["num_attention_heads"]
     fields = {f.name for f in dataclasses.fields(cls)}

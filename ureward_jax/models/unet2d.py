@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from ureward_jax.nn.linear import conv
 from ureward_jax.nn.norms import group_norm
@@ -72,15 +73,15 @@ class UNet2DConditionConfig:
       if isinstance(value, list) and len(set(value)) == 1:   # a per-block list of one value
         value = value[0]
       if value != default:
-        raise ValueError(f"UNet config {key}={value!r} is not supported (only {default!r} is implemented)")
+        raise UserError(f"UNet config {key}={value!r} is not supported (only {default!r} is implemented)")
     if d.get("addition_embed_type") not in (None, "text_time"):
-      raise ValueError(f"addition_embed_type {d['addition_embed_type']!r} is not supported (text_time or none)")
+      raise UserError(f"addition_embed_type {d['addition_embed_type']!r} is not supported (text_time or none)")
     for key, allowed in (("down_block_types", _DOWN), ("up_block_types", _UP)):
       bad = [t for t in d.get(key, ()) if t not in allowed]
       if bad:
-        raise ValueError(f"UNet {key} {bad} are not supported; expected blocks from {allowed}")
+        raise UserError(f"UNet {key} {bad} are not supported; expected blocks from {allowed}")
     if not isinstance(d.get("layers_per_block", 2), int):
-      raise ValueError("a per-block layers_per_block list is not supported; expected one integer")
+      raise UserError("a per-block layers_per_block list is not supported; expected one integer")
 
     blocks = len(d.get("block_out_channels", cls.block_out_channels))
 
@@ -96,7 +97,7 @@ class UNet2DConditionConfig:
       if key in kwargs:
         kwargs[key] = tuple(kwargs[key])
     if isinstance(kwargs.get("cross_attention_dim"), (list, tuple)):
-      raise ValueError("a per-block cross_attention_dim is not supported")
+      raise UserError("a per-block cross_attention_dim is not supported")
     return cls(**kwargs)
 
   def to_dict(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.embeddings import TimestepEmbedding, timestep_embedding
 from ureward_jax.nn.linear import conv, dense
 from ureward_jax.nn.norms import group_norm
@@ -67,18 +68,18 @@ class UNet3DConditionConfig:
                    "mid_block_scale_factor": 1}
     for key, default in unsupported.items():
       if d.get(key, default) != default:
-        raise ValueError(f"UNet3D config {key}={d[key]!r} is not supported (only {default!r} is implemented)")
+        raise UserError(f"UNet3D config {key}={d[key]!r} is not supported (only {default!r} is implemented)")
     if d.get("norm_num_groups", 32) is None:
-      raise ValueError("UNet3D config norm_num_groups=None is not supported")
+      raise UserError("UNet3D config norm_num_groups=None is not supported")
     for key, allowed in (("down_block_types", _DOWN), ("up_block_types", _UP)):
       bad = [t for t in d.get(key, ()) if t not in allowed]
       if bad:
-        raise ValueError(f"UNet3D {key} {bad} are not supported; expected blocks from {allowed}")
+        raise UserError(f"UNet3D {key} {bad} are not supported; expected blocks from {allowed}")
     head_dim = d.get("attention_head_dim", cls.attention_head_dim)
     if isinstance(head_dim, (list, tuple)):
       if len(set(head_dim)) != 1:
-        raise ValueError(f"a per-block attention_head_dim {head_dim} is not supported (diffusers' first temporal "
-                         "transformer needs one width)")
+        raise UserError(f"a per-block attention_head_dim {head_dim} is not supported (diffusers' first temporal "
+                        "transformer needs one width)")
       head_dim = head_dim[0]
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
@@ -269,11 +270,11 @@ class VideoCrafterUNetConfig:
     """From the `unet_config.params` mapping of a VideoCrafter2 config (or our `to_dict()`); other keys ignored."""
     for key, value in cls.FIXED.items():
       if key in d and d[key] != value:
-        raise ValueError(f"VideoCrafter UNet {key}={d[key]!r} is not supported (only {value!r} is implemented)")
+        raise UserError(f"VideoCrafter UNet {key}={d[key]!r} is not supported (only {value!r} is implemented)")
     fields = {f.name for f in dataclasses.fields(cls)}
     config = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
     if any(c % config.num_head_channels for c in (config.model_channels * m for m in config.channel_mult)):
-      raise ValueError(f"every block width must be a multiple of num_head_channels {config.num_head_channels}")
+      raise UserError(f"every block width must be a multiple of num_head_channels {config.num_head_channels}")
     return config
 
   def to_dict(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.attention import dot_product_attention
 from ureward_jax.nn.linear import conv, dense
 from ureward_jax.nn.norms import group_norm
@@ -72,28 +73,28 @@ class AutoencoderKLConfig:
     """From a diffusers `vae/config.json` dict (or `AutoencoderKL.config`); unknown keys are ignored, every option
     this port does not implement is refused with a ValueError naming it."""
     if d.get("_class_name", "AutoencoderKL") != "AutoencoderKL":
-      raise ValueError(f"a {d['_class_name']} config is not an AutoencoderKL config")
+      raise UserError(f"a {d['_class_name']} config is not an AutoencoderKL config")
     blocks = len(d.get("block_out_channels", cls.block_out_channels))
     for key, allowed in (("down_block_types", _DOWN), ("up_block_types", _UP)):
       kinds = list(d.get(key, [allowed] * blocks))
       # get_down_block / get_up_block read "UNetResX" as "X".
       bad = [k for k in kinds if k.removeprefix("UNetRes") != allowed]
       if bad:
-        raise ValueError(f"VAE {key} {bad} are not supported; only {allowed!r} blocks are implemented")
+        raise UserError(f"VAE {key} {bad} are not supported; only {allowed!r} blocks are implemented")
       if len(kinds) != blocks:
-        raise ValueError(f"VAE {key} has {len(kinds)} entries but block_out_channels has {blocks}")
+        raise UserError(f"VAE {key} has {len(kinds)} entries but block_out_channels has {blocks}")
     if d.get("act_fn", "silu") != "silu":
-      raise ValueError(f"VAE act_fn {d['act_fn']!r} is not supported (only 'silu' is implemented)")
+      raise UserError(f"VAE act_fn {d['act_fn']!r} is not supported (only 'silu' is implemented)")
     if d.get("norm_type", "group") != "group":
-      raise ValueError(f"VAE norm_type {d['norm_type']!r} is not supported (only 'group' GroupNorm is implemented)")
+      raise UserError(f"VAE norm_type {d['norm_type']!r} is not supported (only 'group' GroupNorm is implemented)")
     if not isinstance(d.get("layers_per_block", 2), int):
-      raise ValueError("a per-block layers_per_block list is not supported; expected one integer")
+      raise UserError("a per-block layers_per_block list is not supported; expected one integer")
     fields = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields}
     config = cls(**kwargs)
     odd = [c for c in config.block_out_channels if c % config.norm_num_groups]
     if odd:
-      raise ValueError(f"VAE block_out_channels {odd} are not divisible by norm_num_groups={config.norm_num_groups}")
+      raise UserError(f"VAE block_out_channels {odd} are not divisible by norm_num_groups={config.norm_num_groups}")
     return config
 
   def to_dict(self) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from typing import Callable
 
 import jax
 
+from ureward_jax.errors import UserError
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
     "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
@@ -19,5 +21,5 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 def check_activation(name: str, what: str) -> str:
   """`name` if it is one of ACTIVATIONS, else a ValueError naming `what` (e.g. "SigLIP hidden_act")."""
   if name not in ACTIVATIONS:
-    raise ValueError(f"{what} {name!r} is not supported; expected one of {list(ACTIVATIONS)}")
+    raise UserError(f"{what} {name!r} is not supported; expected one of {list(ACTIVATIONS)}")
   return name

@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ureward_jax.errors import UserError
+
 BACKENDS = ("xla", "cudnn")
 
 
@@ -26,7 +28,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, ma
     return _xla_attention(query, key, value, mask)
   if backend == "cudnn":
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation="cudnn")
-  raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
+  raise UserError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")
 
 
 def _chunked(query, key, value, mask, chunk):
@@ -49,7 +51,7 @@ def _xla_attention(query, key, value, mask):
   batch, q_len, num_heads, head_dim = query.shape
   num_kv_heads = key.shape[2]
   if num_heads % num_kv_heads:
-    raise ValueError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
+    raise UserError(f"{num_heads} query heads cannot share {num_kv_heads} kv heads evenly")
   groups = num_heads // num_kv_heads
   kv_len = key.shape[1]
   # Plain batched matmuls over (B, K): the G query heads of a kv head and their T positions form one (G·T)-row

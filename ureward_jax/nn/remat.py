@@ -5,6 +5,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from ureward_jax.errors import UserError
+
 # Tags set in the layers: the layer input and the outputs of the big matmuls.
 TAGS = ("layer_input", "query_proj", "key_proj", "value_proj", "attention_out", "mlp_hidden", "mlp_out")
 
@@ -25,7 +27,7 @@ def remat_policy(name: str):
   if name == "none":
     return None
   if name not in POLICIES:
-    raise ValueError(f"unknown remat policy {name!r}; choose one of {('none',) + tuple(POLICIES)}")
+    raise UserError(f"unknown remat policy {name!r}; choose one of {('none',) + tuple(POLICIES)}")
   return POLICIES[name]
 
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.linear import conv, dense
 from ureward_jax.nn.norms import group_norm
 from ureward_jax.parallel import constrain
@@ -72,7 +73,7 @@ class Downsample2D(nn.Module):
   @nn.compact
   def __call__(self, x):
     if self.padding not in ("symmetric", "bottom_right"):
-      raise ValueError(f"unknown Downsample2D padding {self.padding!r}")
+      raise UserError(f"unknown Downsample2D padding {self.padding!r}")
     if self.padding == "bottom_right":
       x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
     pad = 1 if self.padding == "symmetric" else 0

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from ureward_jax.errors import UserError
 from ureward_jax.nn.linear import dense, logical
 from ureward_jax.nn.norms import group_norm
 from ureward_jax.nn.remat import remat
@@ -77,7 +78,7 @@ class TransformerTemporalModel(nn.Module):
   def __call__(self, x, num_frames: int):
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     if self.projection not in ("linear", "conv1d"):
-      raise ValueError(f"unknown TransformerTemporalModel projection {self.projection!r}")
+      raise UserError(f"unknown TransformerTemporalModel projection {self.projection!r}")
     video = _frames(x, num_frames)
     batch, frames, height, width, channels = video.shape
     h = group_norm(self.groups, 1e-6, name="norm", **kw)(video)

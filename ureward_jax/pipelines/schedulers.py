@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ureward_jax.errors import UserError
+
 BETA_SCHEDULES = ("linear", "scaled_linear")
 TIMESTEP_SPACINGS = ("linspace", "leading", "trailing")
 
@@ -56,7 +58,7 @@ def betas(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end
     return np.linspace(beta_start, beta_end, num_train_timesteps).astype(np.float32)
   if beta_schedule == "scaled_linear":
     return np.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps).astype(np.float32) ** 2
-  raise ValueError(f"beta_schedule {beta_schedule!r} is not supported; expected one of {list(BETA_SCHEDULES)}")
+  raise UserError(f"beta_schedule {beta_schedule!r} is not supported; expected one of {list(BETA_SCHEDULES)}")
 
 
 def _cumprod_like_torch(values: np.ndarray) -> np.ndarray:
@@ -105,7 +107,7 @@ def inference_timesteps(num_inference_steps: int, num_train_timesteps: int = 100
   if timestep_spacing == "trailing":
     step_ratio = num_train_timesteps / num_inference_steps
     return np.arange(num_train_timesteps, 0, -step_ratio).round().astype(np.float32) - np.float32(1)
-  raise ValueError(f"timestep_spacing {timestep_spacing!r} is not supported; expected one of {list(TIMESTEP_SPACINGS)}")
+  raise UserError(f"timestep_spacing {timestep_spacing!r} is not supported; expected one of {list(TIMESTEP_SPACINGS)}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: array fields; hashing by identity keeps it a static arg
@@ -149,21 +151,21 @@ def from_config(config: Mapping[str, Any], num_inference_steps: int) -> EulerAnc
   """
   class_name = config.get("_class_name", "EulerAncestralDiscreteScheduler")
   if class_name != "EulerAncestralDiscreteScheduler":
-    raise ValueError(f"scheduler class {class_name!r} is not supported; only EulerAncestralDiscreteScheduler "
-                     "(drop `_class_name` to sample its betas with the Euler-ancestral step anyway)")
+    raise UserError(f"scheduler class {class_name!r} is not supported; only EulerAncestralDiscreteScheduler "
+                    "(drop `_class_name` to sample its betas with the Euler-ancestral step anyway)")
   if config.get("prediction_type", "epsilon") != "epsilon":
-    raise ValueError(f"prediction_type {config['prediction_type']!r} is not supported; only 'epsilon'")
+    raise UserError(f"prediction_type {config['prediction_type']!r} is not supported; only 'epsilon'")
   if config.get("trained_betas") is not None:
-    raise ValueError("explicit trained_betas are not supported")
+    raise UserError("explicit trained_betas are not supported")
   if config.get("rescale_betas_zero_snr", False):
-    raise ValueError("rescale_betas_zero_snr is not supported for sampling")
+    raise UserError("rescale_betas_zero_snr is not supported for sampling")
   settings = {key: config.get(key, default) for key, default in _DIFFUSERS_DEFAULTS.items()}
   if settings["beta_schedule"] not in BETA_SCHEDULES:
-    raise ValueError(f"beta_schedule {settings['beta_schedule']!r} is not supported; "
-                     f"expected one of {list(BETA_SCHEDULES)}")
+    raise UserError(f"beta_schedule {settings['beta_schedule']!r} is not supported; "
+                    f"expected one of {list(BETA_SCHEDULES)}")
   if settings["timestep_spacing"] not in TIMESTEP_SPACINGS:
-    raise ValueError(f"timestep_spacing {settings['timestep_spacing']!r} is not supported; "
-                     f"expected one of {list(TIMESTEP_SPACINGS)}")
+    raise UserError(f"timestep_spacing {settings['timestep_spacing']!r} is not supported; "
+                    f"expected one of {list(TIMESTEP_SPACINGS)}")
   return euler_ancestral(num_inference_steps, **settings)
 
 
@@ -171,8 +173,8 @@ def lcm_timesteps(num_inference_steps: int, origin_steps: int = 50, num_train_ti
   """(n,) int32 LCM inference timesteps, descending: every (origin_steps // n)-th of the distillation grid
   (k · T / origin_steps − 1 for k = 1 … origin_steps) from its end; n = 4 → [999, 759, 519, 279]."""
   if not 1 <= num_inference_steps <= origin_steps:
-    raise ValueError(f"num_inference_steps must be in [1, {origin_steps}] (the distillation grid), "
-                     f"got {num_inference_steps}")
+    raise UserError(f"num_inference_steps must be in [1, {origin_steps}] (the distillation grid), "
+                    f"got {num_inference_steps}")
   grid = np.arange(1, origin_steps + 1) * (num_train_timesteps // origin_steps) - 1
   return grid[::-(origin_steps // num_inference_steps)][:num_inference_steps].astype(np.int32)
 

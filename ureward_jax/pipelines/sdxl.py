@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
+from ureward_jax.errors import UserError
 from ureward_jax.pipelines import schedulers
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 from ureward_jax.runners.clip_text import CLIPTextEncoder
@@ -116,7 +117,7 @@ class SDXLPipeline:
     """Images (B, H, W, 3) uint8 for `prompts`; image b is numbered `indices[b]` (default 0..B−1) for its noise."""
     f = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
     if height % f or width % f:
-      raise ValueError(f"height and width must be multiples of {f}, got {height}×{width}")
+      raise UserError(f"height and width must be multiples of {f}, got {height}×{width}")
     indices = range(len(prompts)) if indices is None else indices
     if len(indices) != len(prompts):
       raise ValueError(f"{len(indices)} indices for {len(prompts)} prompts")

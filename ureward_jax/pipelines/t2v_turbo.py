@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ureward_jax import pretrained
+from ureward_jax.errors import UserError
 from ureward_jax.nn.embeddings import guidance_embedding
 from ureward_jax.pipelines import schedulers
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
@@ -47,8 +48,8 @@ class T2VTurboPipeline:
     scheduler_config = pretrained.read_scheduler(path)
     unet = pretrained.load(path / "unet", dtype=dtype, param_dtype=param_dtype)
     if unet.config.time_cond_proj_dim is None:
-      raise ValueError(f"{path / 'unet'} has no guidance projection (time_cond_proj): a plain VideoCrafter2 UNet, "
-                       "not T2V-Turbo; convert it with T2V-Turbo's LoRA (--lora unet_lora.pt)")
+      raise UserError(f"{path / 'unet'} has no guidance projection (time_cond_proj): a plain VideoCrafter2 UNet, "
+                      "not T2V-Turbo; convert it with T2V-Turbo's LoRA (--lora unet_lora.pt)")
     unet = VideoCrafter.from_params(dataclasses.replace(unet.config, use_w_embedding=True), unet.params, dtype=dtype)
     return cls(unet=unet, vae=pretrained.load(path / "vae", dtype=jnp.float32, param_dtype=param_dtype),
                text_encoder=pretrained.load(path / "text_encoder", dtype=dtype, param_dtype=param_dtype),
@@ -119,9 +120,9 @@ class T2VTurboPipeline:
     generation (4 steps, 16 frames at 320×512, fps 8, guidance 7.5)."""
     f = self.vae_scale_factor * 2 ** (len(self.unet.config.channel_mult) - 1)
     if height % f or width % f:
-      raise ValueError(f"height and width must be multiples of {f}, got {height}×{width}")
+      raise UserError(f"height and width must be multiples of {f}, got {height}×{width}")
     if frames < 1:
-      raise ValueError(f"frames must be at least 1, got {frames}")
+      raise UserError(f"frames must be at least 1, got {frames}")
     indices = range(len(prompts)) if indices is None else indices
     if len(indices) != len(prompts):
       raise ValueError(f"{len(indices)} indices for {len(prompts)} prompts")

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ureward_jax.errors import UserError
 from ureward_jax.preference.select import Selection, select
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
@@ -91,9 +92,9 @@ class PairBuilder:
 
   def __post_init__(self):
     if (self.pair_judge.task, self.pair_judge.mode, self.point_judge.mode) != (self.point_judge.task, "pair", "point"):
-      raise ValueError("PairBuilder needs a pair judge and a point judge of the same task")
+      raise UserError("PairBuilder needs a pair judge and a point judge of the same task")
     if self.official and not self.pair_judge.method == self.point_judge.method == "generate":
-      raise ValueError("official selection reads generated text: judge with method='generate'")
+      raise UserError("official selection reads generated text: judge with method='generate'")
 
   @property
   def task(self) -> str:
@@ -156,7 +157,7 @@ def sample_answers(policy, tokenizer, items: Sequence[dict], task: str, num_cand
   `seed` (each item gets its own stream from its position).
   """
   if not task.endswith("understanding"):
-    raise ValueError(f"policies answer understanding tasks; {task} candidates come from a generator")
+    raise UserError(f"policies answer understanding tasks; {task} candidates come from a generator")
   sampling_config(max_new_tokens, temperature=temperature)   # checks the settings
   processor = image_processor(policy.config)
   end_ids = end_token_ids(tokenizer)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from ureward_jax.errors import UserError
+
 
 def select_best_resolution(size: tuple[int, int], pinpoints: Sequence[Sequence[int]]) -> tuple[int, int]:
   """The pinpoint (h, w) that keeps the most image pixels, ties broken by the least padding (first wins)."""
@@ -22,7 +24,7 @@ def select_best_resolution(size: tuple[int, int], pinpoints: Sequence[Sequence[i
     if effective > best_effective or (effective == best_effective and wasted < best_wasted):
       best, best_effective, best_wasted = (int(cand_h), int(cand_w)), effective, wasted
   if best is None:
-    raise ValueError(f"no grid pinpoint fits an image of size {size}; pinpoints: {list(pinpoints)}")
+    raise UserError(f"no grid pinpoint fits an image of size {size}; pinpoints: {list(pinpoints)}")
   return best
 
 
@@ -82,7 +84,7 @@ def max_tiles_of(aspect_ratio: str) -> int | None:
     return int(aspect_ratio[len("anyres_max_"):])
   if aspect_ratio == "anyres":
     return None
-  raise ValueError(f"unsupported vision_aspect_ratio {aspect_ratio!r}; expected 'anyres' or 'anyres_max_N'")
+  raise UserError(f"unsupported vision_aspect_ratio {aspect_ratio!r}; expected 'anyres' or 'anyres_max_N'")
 
 
 def tiled_feature_shape(size: tuple[int, int], pinpoints, tile: int, tokens_per_side: int, aspect_ratio: str,

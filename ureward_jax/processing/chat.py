@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import tokenizers
 
+from ureward_jax.errors import UserError
 from ureward_jax.processing.feature_layout import IMAGE_MARKER
 
 SYSTEM_MESSAGE = "You are a helpful assistant."
@@ -30,7 +31,7 @@ ROLES = {"human": "user", "gpt": "assistant", "user": "user", "assistant": "assi
 def _token_id(tokenizer: tokenizers.Tokenizer, token: str) -> int:
   token_id = tokenizer.token_to_id(token)
   if token_id is None:
-    raise ValueError(f"the tokenizer has no {token!r} token; it is not a Qwen2 (qwen_1_5) chat tokenizer")
+    raise UserError(f"the tokenizer has no {token!r} token; it is not a Qwen2 (qwen_1_5) chat tokenizer")
   return token_id
 
 
@@ -41,7 +42,7 @@ def _message_ids(tokenizer: tokenizers.Tokenizer, role: str, content: str) -> li
 def _newline_id(tokenizer: tokenizers.Tokenizer) -> int:
   ids = tokenizer.encode("\n", add_special_tokens=False).ids
   if len(ids) != 1:
-    raise ValueError(f"the tokenizer splits a newline into {len(ids)} tokens; a Qwen2 chat tokenizer has one")
+    raise UserError(f"the tokenizer splits a newline into {len(ids)} tokens; a Qwen2 chat tokenizer has one")
   return ids[0]
 
 
@@ -66,7 +67,7 @@ def tokenize_conversation(tokenizer: tokenizers.Tokenizer, conversations: Sequen
   labels = [IGNORE] * len(ids)
   for role, content in messages:
     if role not in ROLES:
-      raise ValueError(f"unknown conversation role {role!r}; expected one of {sorted(ROLES)}")
+      raise UserError(f"unknown conversation role {role!r}; expected one of {sorted(ROLES)}")
     role = ROLES[role]
     message = _message_ids(tokenizer, role, content)
     ids += message

@@ -20,6 +20,8 @@ import tokenizers
 from tokenizers import Regex, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 
+from ureward_jax.errors import UserError
+
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # CLIP's word split: the special tokens, English contractions, letter runs, single digits, other symbol runs.
 SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
@@ -50,7 +52,7 @@ class CLIPTokenizer:
     ids = {token: tok.token_to_id(token) for token in (BOS, EOS, pad)}
     missing = [token for token, token_id in ids.items() if token_id is None]
     if missing:
-      raise ValueError(f"{folder}: the vocabulary has no {missing} token")
+      raise UserError(f"{folder}: the vocabulary has no {missing} token")
     self.bos_id, self.eos_id, self.pad_id = ids[BOS], ids[EOS], ids[pad]
     # As in transformers, the special tokens (the pad token included: `!` for SDXL's second tokenizer) are matched
     # in the text before anything else, so every "!" of a prompt becomes id 0 there.

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ureward_jax.errors import UserError
 from ureward_jax.processing import anyres
 
 KINDS = ("tiled", "single", "plain", "video")
@@ -150,9 +151,9 @@ def item_layout(item: VisualItem, cfg: LayoutConfig) -> tuple[np.ndarray, np.nda
     return _one(np.arange(side))
   if item.kind == "video":
     if cfg.video_newline not in VIDEO_NEWLINES:
-      raise ValueError(f"unknown video newline layout {cfg.video_newline!r}; expected one of {VIDEO_NEWLINES}")
+      raise UserError(f"unknown video newline layout {cfg.video_newline!r}; expected one of {VIDEO_NEWLINES}")
     if cfg.video_pool not in VIDEO_POOLS:
-      raise ValueError(f"unknown video pooling {cfg.video_pool!r}; expected one of {VIDEO_POOLS}")
+      raise UserError(f"unknown video pooling {cfg.video_pool!r}; expected one of {VIDEO_POOLS}")
     return _video(item, cfg, -1)
   raise ValueError(f"unknown visual item kind {item.kind!r}; expected one of {KINDS}")
 

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ureward_jax.errors import UserError
 from ureward_jax.processing import anyres
 
 ImageLike = Image.Image | np.ndarray
@@ -34,15 +35,15 @@ def to_rgb_array(image: ImageLike, what: str = "image") -> np.ndarray:
     array = np.asarray(image.convert("RGB"))
   elif isinstance(image, np.ndarray):
     if image.ndim != 3 or image.shape[-1] != 3:
-      raise ValueError(f"{what} array must be (H, W, 3) RGB, got shape {image.shape}; convert grayscale or RGBA "
-                       "arrays with PIL (Image.fromarray(a).convert('RGB')) first")
+      raise UserError(f"{what} array must be (H, W, 3) RGB, got shape {image.shape}; convert grayscale or RGBA "
+                      "arrays with PIL (Image.fromarray(a).convert('RGB')) first")
     if image.dtype != np.uint8:
-      raise ValueError(f"{what} array must be uint8 in [0, 255], got dtype {image.dtype}")
+      raise UserError(f"{what} array must be uint8 in [0, 255], got dtype {image.dtype}")
     array = image
   else:
     raise TypeError(f"{what} must be a PIL image or a numpy array, got {type(image).__name__}")
   if array.shape[0] == 0 or array.shape[1] == 0:
-    raise ValueError(f"{what} is empty: size {array.shape[:2]}")
+    raise UserError(f"{what} is empty: size {array.shape[:2]}")
   return array
 
 
@@ -144,16 +145,16 @@ class ImageProcessor:
     object.__setattr__(self, "image_mean", tuple(float(m) for m in self.image_mean))
     object.__setattr__(self, "image_std", tuple(float(s) for s in self.image_std))
     if self.size <= 0 or self.patch_size <= 0 or self.size < self.patch_size:
-      raise ValueError(f"need 0 < patch_size <= size, got size={self.size}, patch_size={self.patch_size}")
+      raise UserError(f"need 0 < patch_size <= size, got size={self.size}, patch_size={self.patch_size}")
     if not pinpoints:
-      raise ValueError("grid_pinpoints is empty")
+      raise UserError("grid_pinpoints is empty")
     bad = [p for p in pinpoints if p[0] <= 0 or p[1] <= 0 or p[0] % self.size or p[1] % self.size]
     if bad:
-      raise ValueError(f"grid_pinpoints must be positive multiples of size={self.size}; bad entries: {bad}")
+      raise UserError(f"grid_pinpoints must be positive multiples of size={self.size}; bad entries: {bad}")
     if len(self.image_mean) != 3 or len(self.image_std) != 3:
-      raise ValueError(f"image_mean and image_std need 3 values (RGB), got {self.image_mean}, {self.image_std}")
+      raise UserError(f"image_mean and image_std need 3 values (RGB), got {self.image_mean}, {self.image_std}")
     if any(s == 0 for s in self.image_std):
-      raise ValueError(f"image_std must be non-zero, got {self.image_std}")
+      raise UserError(f"image_std must be non-zero, got {self.image_std}")
     anyres.max_tiles_of(self.aspect_ratio)  # raises on an unknown aspect ratio
 
   @property
@@ -261,18 +262,18 @@ class ImageProcessor:
     """
     if isinstance(frames, np.ndarray):
       if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"video array must be (F, H, W, 3) RGB, got shape {frames.shape}")
+        raise UserError(f"video array must be (F, H, W, 3) RGB, got shape {frames.shape}")
       if frames.dtype != np.uint8:
-        raise ValueError(f"video array must be uint8 in [0, 255], got dtype {frames.dtype}")
+        raise UserError(f"video array must be uint8 in [0, 255], got dtype {frames.dtype}")
       if 0 in frames.shape:
-        raise ValueError(f"video is empty: shape {frames.shape}")
+        raise UserError(f"video is empty: shape {frames.shape}")
     else:
       frames = [to_rgb_array(f, what=f"frames[{i}]") for i, f in enumerate(frames)]
       if not frames:
-        raise ValueError("frames is empty; pass at least one frame")
+        raise UserError("frames is empty; pass at least one frame")
       shapes = sorted({f.shape[:2] for f in frames})
       if len(shapes) > 1:
-        raise ValueError(f"all frames of a video must have one size, got sizes {shapes}")
+        raise UserError(f"all frames of a video must have one size, got sizes {shapes}")
       frames = np.stack(frames)
     resized = resize_bicubic_aa_uint8(frames.transpose(0, 3, 1, 2), (self.size, self.size))
     # transformers folds the 1/255 rescale into mean and std (float32 products) and normalises once.
@@ -289,7 +290,7 @@ class ImageProcessor:
     """
     height, width = (int(v) for v in size_hw)
     if height <= 0 or width <= 0:
-      raise ValueError(f"image size must be positive (H, W), got {size_hw}")
+      raise UserError(f"image size must be positive (H, W), got {size_hw}")
     if not tiled:
       return self.tokens_per_side**2 + 1
     return anyres.tiled_token_count((height, width), self.grid_pinpoints, self.size, self.tokens_per_side,
@@ -298,6 +299,6 @@ class ImageProcessor:
   def num_video_tokens(self, num_frames: int) -> int:
     """Tokens of a video: each frame's map pooled to ceil(side / 2)², then one newline for the whole video."""
     if num_frames < 1:
-      raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+      raise UserError(f"num_frames must be >= 1, got {num_frames}")
     pooled = math.ceil(self.tokens_per_side / 2)
     return num_frames * pooled * pooled + 1

@@ -13,6 +13,8 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from ureward_jax.errors import UserError
+
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
@@ -36,13 +38,13 @@ def read_clip(path: str, choose: Callable[[int], Sequence[int]]) -> np.ndarray:
   if os.path.isdir(path):
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(FRAME_EXTENSIONS))
     if not files:
-      raise ValueError(f"video folder {path} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
+      raise UserError(f"video folder {path} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
     frames = []
     for i in choose(len(files)):
       with Image.open(os.path.join(path, files[i])) as image:
         frames.append(np.asarray(image.convert("RGB")))
     if len({f.shape for f in frames}) > 1:
-      raise ValueError(f"video folder {path} mixes frame sizes {sorted({f.shape for f in frames})}")
+      raise UserError(f"video folder {path} mixes frame sizes {sorted({f.shape for f in frames})}")
     return np.stack(frames)
   try:
     import av
@@ -52,9 +54,9 @@ def read_clip(path: str, choose: Callable[[int], Sequence[int]]) -> np.ndarray:
     with av.open(path) as container:
       decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
   except (av.error.FFmpegError, IndexError) as e:
-    raise ValueError(f"cannot decode video {path}: {e}") from None
+    raise UserError(f"cannot decode video {path}: {e}") from None
   if not decoded:
-    raise ValueError(f"video {path} has no frames")
+    raise UserError(f"video {path} has no frames")
   return np.stack([decoded[i] for i in choose(len(decoded))])
 
 
@@ -68,9 +70,9 @@ def write_video(frames: np.ndarray, path: str, fps: float = 8, crf: int = 10) ->
     raise ImportError("writing video files needs PyAV: pip install 'ureward_jax[video]'") from None
   frames = np.asarray(frames)
   if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-    raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    raise UserError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
   if frames.shape[1] % 2 or frames.shape[2] % 2:
-    raise ValueError(f"H.264 in yuv420p needs an even height and width, got {frames.shape[1]}×{frames.shape[2]}")
+    raise UserError(f"H.264 in yuv420p needs an even height and width, got {frames.shape[1]}×{frames.shape[2]}")
   temporary = path + ".tmp"
   with av.open(temporary, mode="w", format="mp4") as container:
     stream = container.add_stream("libx264", rate=int(round(fps)))

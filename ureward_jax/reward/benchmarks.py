@@ -24,6 +24,7 @@ import dataclasses
 import random
 from typing import Callable
 
+from ureward_jax.errors import UserError
 from ureward_jax.reward.parsing import parse_pairwise
 
 GROUPS = ("general", "hallucination", "reasoning")
@@ -92,7 +93,7 @@ def vl_group(record_id: str) -> str:
 
 def benchmark(name: str) -> Benchmark:
   if name not in BENCHMARKS:
-    raise ValueError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
+    raise UserError(f"unknown benchmark {name!r}; expected one of {sorted(BENCHMARKS)}")
   return BENCHMARKS[name]
 
 
@@ -108,7 +109,7 @@ def rows_to_judge(name: str, records: list[dict], seed: int = 0) -> list[dict]:
     try:
       row, label = spec.to_row(record, swap)
     except (KeyError, IndexError, TypeError) as e:
-      raise ValueError(f"record {record.get('id', n)} of {name} lacks a field or has the wrong form: {e!r}") from None
+      raise UserError(f"record {record.get('id', n)} of {name} lacks a field or has the wrong form: {e!r}") from None
     extra = {"group": vl_group(str(record.get("id", "")))} if name == "vl_rewardbench" else {}
     out.append({"id": record.get("id", n), **row, "label": label, "swapped": swap, **extra})
   return out
@@ -130,7 +131,7 @@ def official_hit(name: str, text: str, label: int) -> bool:
     predicted = 1 if text in "Video 1 is better than Video 2." else 2 if text in "Video 2 is better than Video 1." \
         else 0
   else:
-    raise ValueError(f"unknown benchmark {name!r}")
+    raise UserError(f"unknown benchmark {name!r}")
   return predicted == label
 
 
@@ -145,9 +146,9 @@ def metrics(name: str, rows: list[dict], official: bool = False) -> dict:
   are left out and counted."""
   judged = [r for r in rows if "error" not in r]
   if not judged:
-    raise ValueError("no judged rows to score")
+    raise UserError("no judged rows to score")
   if official and any("text" not in r for r in judged):
-    raise ValueError("official scoring reads generated text: judge with --method generate")
+    raise UserError("official scoring reads generated text: judge with --method generate")
   hits = [official_hit(name, r["text"], r["label"]) if official else prediction(r) == r["label"] for r in judged]
   out = {"rows": len(judged), "errors": len(rows) - len(judged),
          "unreadable": sum(prediction(r) is None for r in judged)}

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from ureward_jax.errors import UserError
 from ureward_jax.processing.feature_layout import VisualItem
 from ureward_jax.processing.image import ImageProcessor, to_rgb_array
 from ureward_jax.processing.video import frame_indices, read_frames
@@ -35,7 +36,7 @@ VIDEO_LAYOUTS = ("frames", "pooled")
 Visual = tuple[VisualItem, np.ndarray]
 
 
-class BadInput(ValueError):
+class BadInput(UserError):
   """A row that cannot be judged: a missing field, an empty text, a missing or unreadable file."""
 
 
@@ -53,13 +54,13 @@ class InputOptions:
 
   def __post_init__(self):
     if self.num_frames < 1:
-      raise ValueError(f"num_frames must be at least 1, got {self.num_frames}")
+      raise UserError(f"num_frames must be at least 1, got {self.num_frames}")
     if self.resize is not None and self.resize < 1:
-      raise ValueError(f"resize must be a positive side in pixels or None, got {self.resize}")
+      raise UserError(f"resize must be a positive side in pixels or None, got {self.resize}")
     if self.pair_layout not in PAIR_LAYOUTS:
-      raise ValueError(f"unknown pair_layout {self.pair_layout!r}; expected one of {PAIR_LAYOUTS}")
+      raise UserError(f"unknown pair_layout {self.pair_layout!r}; expected one of {PAIR_LAYOUTS}")
     if self.video_layout not in VIDEO_LAYOUTS:
-      raise ValueError(f"unknown video_layout {self.video_layout!r}; expected one of {VIDEO_LAYOUTS}")
+      raise UserError(f"unknown video_layout {self.video_layout!r}; expected one of {VIDEO_LAYOUTS}")
 
 
 def _text(row: dict, key: str) -> str:

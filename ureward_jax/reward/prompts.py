@@ -23,6 +23,7 @@ import string
 import types
 from typing import Mapping
 
+from ureward_jax.errors import UserError
 from ureward_jax.reward import generation_wordings, understanding_wordings
 
 TASKS = ("image_generation", "video_generation", "image_understanding", "video_understanding")
@@ -114,9 +115,9 @@ _TEMPLATES: dict[tuple[str, str], dict[str, Template]] = {
 
 def _check(task: str, mode: str) -> None:
   if task not in TASKS:
-    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
+    raise UserError(f"unknown task {task!r}; expected one of {TASKS}")
   if mode not in MODES:
-    raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    raise UserError(f"unknown mode {mode!r}; expected one of {MODES}")
 
 
 def variants(task: str, mode: str) -> tuple[str, ...]:
@@ -128,7 +129,7 @@ def variants(task: str, mode: str) -> tuple[str, ...]:
 def template(task: str, mode: str, variant: str = "default") -> Template:
   """The official wording of `task` × `mode` in `variant`; ValueError naming the choices for anything unknown."""
   if variant not in variants(task, mode):
-    raise ValueError(f"no {variant!r} wording for {task} {mode}; expected one of {variants(task, mode)}")
+    raise UserError(f"no {variant!r} wording for {task} {mode}; expected one of {variants(task, mode)}")
   return _TEMPLATES[task, mode][variant]
 
 
@@ -141,8 +142,8 @@ def render(task: str, mode: str, variant: str = "default", **fields: str) -> str
   missing = [name for name in expected if name not in fields]
   unexpected = sorted(set(fields) - set(expected))
   if missing or unexpected:
-    raise ValueError(f"the {task} {mode} ({variant}) prompt takes fields {expected}; "
-                     f"missing {missing}, unexpected {unexpected}")
+    raise UserError(f"the {task} {mode} ({variant}) prompt takes fields {expected}; "
+                    f"missing {missing}, unexpected {unexpected}")
   return template(task, mode, variant).text.format(**fields)
 
 
@@ -166,5 +167,5 @@ def user_turn(text: str, markers: int, space_between_inputs: bool = False) -> st
   if not space_between_inputs:
     return _MARKER * markers + text
   if markers <= 0 or markers % 2:
-    raise ValueError(f"space_between_inputs needs a positive even number of markers, got {markers}")
+    raise UserError(f"space_between_inputs needs a positive even number of markers, got {markers}")
   return _MARKER * (markers // 2) + " " + _MARKER * (markers // 2) + text

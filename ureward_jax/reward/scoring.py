@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
+from ureward_jax.errors import UserError
 from ureward_jax.models.llava_onevision import LlavaOnevision
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.processing.chat import prompt_ids
@@ -182,11 +183,11 @@ class Judge:
                answer_prefix: str = "Final Score: "):
     self.template = prompts.template(task, mode, variant)   # checks task, mode and variant
     if method not in METHODS:
-      raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+      raise UserError(f"unknown method {method!r}; expected one of {METHODS}")
     if swap and mode != "pair":
-      raise ValueError("swap debiasing needs pairs (mode='pair')")
+      raise UserError("swap debiasing needs pairs (mode='pair')")
     if batch_size < 1 or max_new_tokens < 1:
-      raise ValueError(f"batch_size and max_new_tokens must be positive, got {batch_size}, {max_new_tokens}")
+      raise UserError(f"batch_size and max_new_tokens must be positive, got {batch_size}, {max_new_tokens}")
     self.model, self.tokenizer, self.task, self.mode = model, tokenizer, task, mode
     self.method, self.variant, self.swap, self.batch_size = method, variant, swap, batch_size
     self.max_new_tokens, self.options = max_new_tokens, options

@@ -14,6 +14,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from ureward_jax.errors import UserError
 from ureward_jax.models.qwen2 import Qwen2ForCausalLM
 from ureward_jax.nn.attention import causal_mask
 
@@ -30,10 +31,10 @@ class SamplingConfig:
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
-      raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+      raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
     if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-      raise ValueError(f"invalid sampling settings: temperature={self.temperature}, top_k={self.top_k}, "
-                       f"top_p={self.top_p}")
+      raise UserError(f"invalid sampling settings: temperature={self.temperature}, top_k={self.top_k}, "
+                      f"top_p={self.top_p}")
 
 
 def _choose(logits: jax.Array, rng: jax.Array, cfg: SamplingConfig) -> jax.Array:

@@ -13,13 +13,15 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from ureward_jax.errors import UserError
+
 
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a run, saving every `every` steps (and whenever `force` is given)."""
 
   def __init__(self, directory: str, every: int, keep: int, async_save: bool = True):
     if every <= 0 or keep <= 0:
-      raise ValueError(f"checkpoint.every and checkpoint.keep must be positive, got {every} and {keep}")
+      raise UserError(f"checkpoint.every and checkpoint.keep must be positive, got {every} and {keep}")
     self.every = every
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=async_save)
     self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "data"))

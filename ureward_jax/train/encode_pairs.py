@@ -21,6 +21,7 @@ from tqdm import tqdm
 from ureward_jax import parallel
 from ureward_jax.data.encoded_pairs import EncodedFolder, distinct_captions, settings_for
 from ureward_jax.data.image_pairs import BuildPair
+from ureward_jax.errors import UserError
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 from ureward_jax.train import runner
 from ureward_jax.train.tasks.diffusion_dpo import DiffusionDPO, FrozenEncoders
@@ -31,14 +32,14 @@ def encode(config: ml_collections.ConfigDict) -> str:
   runner.check_config(config, runner.config_keys(config, DiffusionDPO))
   folder, checkpoint = config.data.encoded, config.model.checkpoint
   if not folder:
-    raise ValueError("set --config.data.encoded: the folder the encoded pairs go to")
+    raise UserError("set --config.data.encoded: the folder the encoded pairs go to")
   if jax.process_count() > 1:
     raise NotImplementedError("the encoding pass runs on one host; run it there, then train on any number")
   mesh = parallel.make_mesh(**config.mesh)
   task = DiffusionDPO(config, mesh)
   records, data, chunk = task.records, task.data_config(), task.micro
   if not records:
-    raise ValueError(f"{config.data.train} has no image pairs to encode")
+    raise UserError(f"{config.data.train} has no image pairs to encode")
   captions, caption_index = distinct_captions(records)
   encoders = FrozenEncoders(checkpoint, mesh, jnp.dtype(config.model.dtype))
   rows = parallel.data_sharding(mesh, batch_axis=0)

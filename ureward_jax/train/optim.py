@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from ureward_jax.errors import UserError
+
 NAMES = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "linear", "constant", "onecycle")
 # The keys of `optim` every config declares, and those that only one optimiser or schedule reads.
@@ -32,9 +34,9 @@ EXTRA_KEYS = {"adafactor": ("clip_threshold",), "onecycle": ("pct_start", "div_f
 def config_keys(optim: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The `optim` keys a config with this optimiser and schedule must declare (and may not exceed)."""
   if optim.name not in NAMES:
-    raise ValueError(f"optim.name {optim.name!r} is not one of {NAMES}")
+    raise UserError(f"optim.name {optim.name!r} is not one of {NAMES}")
   if optim.schedule not in SCHEDULES:
-    raise ValueError(f"optim.schedule {optim.schedule!r} is not one of {SCHEDULES}")
+    raise UserError(f"optim.schedule {optim.schedule!r} is not one of {SCHEDULES}")
   return KEYS + EXTRA_KEYS.get(optim.name, ()) + EXTRA_KEYS.get(optim.schedule, ())
 
 
@@ -47,7 +49,7 @@ def learning_rate_schedule(lr: float, num_steps: int, schedule: str = "cosine", 
   elif schedule == "linear":
     decay = optax.linear_schedule(lr, 0.0, max(num_steps - warmup, 1))
   else:
-    raise ValueError(f"unknown schedule {schedule!r}; expected cosine, linear or constant")
+    raise UserError(f"unknown schedule {schedule!r}; expected cosine, linear or constant")
   return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
 
 
@@ -59,8 +61,8 @@ def one_cycle(max_lr: float, total_steps: int, pct_start: float = 0.3, div_facto
   max → base → max. Each phase is annealed by end + (start − end)(1 + cos(π · pct)) / 2 of its share pct."""
   peak_step, last_step = float(pct_start * total_steps) - 1, total_steps - 1
   if not 0 < peak_step < last_step:
-    raise ValueError(f"one-cycle schedule: pct_start {pct_start} of {total_steps} steps leaves no room for both "
-                     "phases; train more steps or change pct_start")
+    raise UserError(f"one-cycle schedule: pct_start {pct_start} of {total_steps} steps leaves no room for both "
+                    "phases; train more steps or change pct_start")
   initial = max_lr / div_factor
 
   def annealed(start, peak, end):

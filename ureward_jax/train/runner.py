@@ -21,6 +21,7 @@ import ml_collections
 from absl import logging
 
 from ureward_jax import parallel
+from ureward_jax.errors import UserError
 from ureward_jax.train import params as params_lib
 from ureward_jax.train import trainable
 from ureward_jax.train.accumulate import accumulating_step
@@ -49,7 +50,7 @@ def check_config(config: ml_collections.ConfigDict, keys: dict[str, Sequence[str
   problems = ([f"unknown keys {sorted(unknown)}"] if unknown else []) + \
       ([f"missing keys {sorted(missing)} (declare them in the config file)"] if missing else [])
   if problems:
-    raise ValueError(f"config of train.objective {config.train.objective!r}: " + "; ".join(problems))
+    raise UserError(f"config of train.objective {config.train.objective!r}: " + "; ".join(problems))
 
 
 def config_keys(config: ml_collections.ConfigDict, task: type[Task]) -> dict[str, tuple[str, ...]]:
@@ -79,7 +80,7 @@ def prepare(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | N
   """The task of `config` on a mesh of `devices`, its params (or, `abstract`, their sharded shapes), optimiser state,
   reference and jitted step."""
   if "train" not in config or "objective" not in config.train:
-    raise ValueError("the config declares no train.objective (one of sft, dpo, diffusion_dpo, video_dpo)")
+    raise UserError("the config declares no train.objective (one of sft, dpo, diffusion_dpo, video_dpo)")
   cls = task_class(config)
   check_config(config, config_keys(config, cls))
   mesh = parallel.make_mesh(**config.mesh, devices=devices)
@@ -108,11 +109,11 @@ def prepare(config: ml_collections.ConfigDict, devices: Sequence[jax.Device] | N
 def train(config: ml_collections.ConfigDict) -> LoopState:
   """Run (or resume) the training `config` describes; returns the final state."""
   if not config.get("workdir"):
-    raise ValueError("set --config.workdir: where checkpoints, metrics and the resolved config go")
+    raise UserError("set --config.workdir: where checkpoints, metrics and the resolved config go")
   _maybe_initialize_distributed()
+  run = prepare(config)   # checks the config, data and weights: a refused run writes nothing to the workdir
   os.makedirs(config.workdir, exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", os.path.join(config.workdir, "xla_cache"))
-  run = prepare(config)
   task = run.task
   if jax.process_index() == 0:
     with open(os.path.join(config.workdir, "config.json"), "w") as f:

@@ -9,6 +9,8 @@ from typing import Sequence
 
 import jax
 
+from ureward_jax.errors import UserError
+
 GiB = 2**30
 # Public names → libtpu topology names. v5p and v4 names count TensorCores (2 per chip), v5e and v6e count chips.
 TOPOLOGIES = {"v5p-8": "v5p:2x2x1", "v5p-16": "v5p:2x2x2", "v5p-32": "v5p:2x2x4", "v5p-64": "v5p:4x4x2",
@@ -23,7 +25,7 @@ def topology_devices(name: str) -> list:
   from jax.experimental import topologies
   topology = TOPOLOGIES.get(name, name)
   if ":" not in topology:
-    raise ValueError(f"unknown topology {name!r}; use one of {sorted(TOPOLOGIES)} or a libtpu name like v5p:4x4x2")
+    raise UserError(f"unknown topology {name!r}; use one of {sorted(TOPOLOGIES)} or a libtpu name like v5p:4x4x2")
   return topologies.get_topology_desc(topology_name=topology, platform="tpu").devices
 
 

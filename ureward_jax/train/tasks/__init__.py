@@ -1,6 +1,7 @@
 """The training objectives, one module each; `train.objective` picks one. A new objective is one more module here
 and one more entry below."""
 
+from ureward_jax.errors import UserError
 from ureward_jax.train.tasks.diffusion_dpo import DiffusionDPO
 from ureward_jax.train.tasks.reward_sft import RewardSFT
 from ureward_jax.train.tasks.video_dpo import VideoDPO
@@ -13,5 +14,5 @@ def task_class(config):
   """The task `config.train.objective` names."""
   objective = config.train.objective
   if objective not in TASKS:
-    raise ValueError(f"train.objective {objective!r} is not one of {tuple(TASKS)}")
+    raise UserError(f"train.objective {objective!r} is not one of {tuple(TASKS)}")
   return TASKS[objective]

@@ -27,6 +27,7 @@ import numpy as np
 from ureward_jax import parallel, pretrained
 from ureward_jax.data.encoded_pairs import check_encoded, encoded_batches, settings_for
 from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
+from ureward_jax.errors import UserError
 from ureward_jax.models import clip_text, unet2d, vae
 from ureward_jax.pipelines import schedulers
 from ureward_jax.pipelines.sdxl import micro_conditions, text_conditioning
@@ -131,8 +132,8 @@ def load_component(folder: str, name: str, module, config_cls, mesh):
 
 def check_pipeline_folder(folder: str, model_type: str, family: str, converter: str) -> None:
   if not folder or pretrained.read_config(folder).get("model_type") != model_type:
-    raise ValueError(f"model.checkpoint {folder!r} is not a converted {family} pipeline folder "
-                     f"(python -m converters.{converter} --src ... --dst DIR)")
+    raise UserError(f"model.checkpoint {folder!r} is not a converted {family} pipeline folder "
+                    f"(python -m converters.{converter} --src ... --dst DIR)")
 
 
 class FrozenEncoders:
@@ -203,8 +204,8 @@ class DiffusionDPO(Task):
     d, accum = config.data, config.train.grad_accum
     self.micro = d.batch_size // accum
     if d.batch_size % accum or self.micro % parallel.batch_shards(mesh):
-      raise ValueError(f"data.batch_size {d.batch_size} in {accum} micro-batches cannot be split over "
-                       f"{parallel.batch_shards(mesh)} data × fsdp devices; change train.grad_accum or batch_size")
+      raise UserError(f"data.batch_size {d.batch_size} in {accum} micro-batches cannot be split over "
+                      f"{parallel.batch_shards(mesh)} data × fsdp devices; change train.grad_accum or batch_size")
     self.records = None if abstract else self.load_records()
     self.encoder = None
 

@@ -24,6 +24,7 @@ from ureward_jax import parallel, pretrained
 from ureward_jax.data.examples import ExampleConfig
 from ureward_jax.data.pipeline import DataConfig, batch_shapes, batches, to_device
 from ureward_jax.data.sources import load_mixture
+from ureward_jax.errors import UserError
 from ureward_jax.models.llava_onevision import PRESETS, LlavaOnevision, LlavaOnevisionConfig, init_params, param_shapes
 from ureward_jax.train import optim, params
 from ureward_jax.train.flops import model_flops_per_step
@@ -73,7 +74,7 @@ def tunable_mask(params: dict, parts) -> dict:
   """True for the leaves of the top-level groups that LLaVA-NeXT's `mm_tunable_parts` names."""
   unknown = set(parts) - set(TUNABLE_PARTS)
   if unknown:
-    raise ValueError(f"unknown train.tunable_parts {sorted(unknown)}; expected some of {list(TUNABLE_PARTS)}")
+    raise UserError(f"unknown train.tunable_parts {sorted(unknown)}; expected some of {list(TUNABLE_PARTS)}")
   groups = {group for part in parts for group in TUNABLE_PARTS[part]}
   return {name: jax.tree.map(lambda _, n=name: n in groups, tree) for name, tree in params.items()}
 
@@ -94,14 +95,14 @@ def model_config(config, tokenizer: tokenizers.Tokenizer | None) -> LlavaOnevisi
   if config.model.checkpoint:
     return LlavaOnevisionConfig.from_dict(pretrained.read_config(config.model.checkpoint))
   if config.model.preset not in PRESETS:
-    raise ValueError(f"unknown model.preset {config.model.preset!r}; choose one of {sorted(PRESETS)}")
+    raise UserError(f"unknown model.preset {config.model.preset!r}; choose one of {sorted(PRESETS)}")
   model = PRESETS[config.model.preset]
   if tokenizer is None:
     return model
   image, video = tokenizer.token_to_id("<image>"), tokenizer.token_to_id("<video>")
   if image is None or video is None:
-    raise ValueError("a model trained from scratch takes its <image> and <video> ids from the tokenizer, which "
-                     "lacks one of them")
+    raise UserError("a model trained from scratch takes its <image> and <video> ids from the tokenizer, which "
+                    "lacks one of them")
   text = dataclasses.replace(model.text, vocab_size=tokenizer.get_vocab_size())
   return dataclasses.replace(model, text=text, image_token_id=image, video_token_id=video)
 
@@ -137,13 +138,13 @@ class RewardSFT(Task):
     """batch_size / grad_accum samples, each `rows_per_sample` sequences that must share a device."""
     c, per = self.config, self.rows_per_sample
     if c.data.batch_size % c.train.grad_accum:
-      raise ValueError(f"data.batch_size {c.data.batch_size} is not a multiple of train.grad_accum "
-                       f"{c.train.grad_accum}")
+      raise UserError(f"data.batch_size {c.data.batch_size} is not a multiple of train.grad_accum "
+                      f"{c.train.grad_accum}")
     micro = c.data.batch_size // c.train.grad_accum * per
     if micro % (parallel.batch_shards(self.mesh) * per):
-      raise ValueError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, {per} per sample) cannot be "
-                       f"split over {parallel.batch_shards(self.mesh)} data × fsdp devices; lower grad_accum or "
-                       "raise batch_size")
+      raise UserError(f"a micro-batch of {micro} sequences (batch_size / grad_accum, {per} per sample) cannot be "
+                      f"split over {parallel.batch_shards(self.mesh)} data × fsdp devices; lower grad_accum or "
+                      "raise batch_size")
     return micro
 
   def param_shapes(self):

@@ -37,6 +37,7 @@ import numpy as np
 from ureward_jax import pretrained
 from ureward_jax.data.image_pairs import PairDataConfig
 from ureward_jax.data.video_pairs import ClipConfig, load_video_pairs, video_pair_batches
+from ureward_jax.errors import UserError
 from ureward_jax.models import clip_text, unet3d, vae
 from ureward_jax.pipelines import schedulers
 from ureward_jax.train import optim, params, trainable
@@ -100,7 +101,7 @@ def train_mask(video_dpo: ml_collections.ConfigDict, params: dict) -> dict:
   `time_cond_proj` stays frozen unless `video_dpo.w_embedding`: it is never applied then, so it gets no gradient,
   and torch's AdamW skips such a parameter altogether (its weight decay included)."""
   if video_dpo.trainable not in TRAINABLE:
-    raise ValueError(f"video_dpo.trainable {video_dpo.trainable!r} is not one of {TRAINABLE}")
+    raise UserError(f"video_dpo.trainable {video_dpo.trainable!r} is not one of {TRAINABLE}")
   mask = (trainable.linear_layers(params) if video_dpo.trainable == "linear"
           else jax.tree.map(lambda _: True, params))
   if "time_cond_proj" in params and not video_dpo.w_embedding:
@@ -165,7 +166,7 @@ class VideoDPO(DiffusionDPO):
       return params.cast(params_, v.reference_dtype, shardings)
     theirs = unet3d.VideoCrafterUNetConfig.from_dict(pretrained.read_config(v.reference))
     if dataclasses.replace(theirs, use_w_embedding=True) != dataclasses.replace(self.unet_config, use_w_embedding=True):
-      raise ValueError(f"video_dpo.reference {v.reference!r} is a UNet of another layout than the policy's")
+      raise UserError(f"video_dpo.reference {v.reference!r} is a UNet of another layout than the policy's")
     return params.load(v.reference, shardings, np.dtype(jnp.dtype(v.reference_dtype)))
 
   def loss_fn(self):

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ureward_jax import parallel
 from ureward_jax.data.pipeline import MODEL_KEYS, BuildExample, to_device
+from ureward_jax.errors import UserError
 from ureward_jax.models.llava_onevision import LlavaOnevision
 from ureward_jax.train import params
 from ureward_jax.train.losses import sft_loss
@@ -59,9 +60,9 @@ def dpo_loss(policy_chosen_logps: jax.Array, policy_rejected_logps: jax.Array, r
 
 def check_settings(beta: float, label_smoothing: float, loss_type: str) -> None:
   if loss_type not in LOSS_TYPES:
-    raise ValueError(f"unknown DPO loss type {loss_type!r}; expected one of {LOSS_TYPES}")
+    raise UserError(f"unknown DPO loss type {loss_type!r}; expected one of {LOSS_TYPES}")
   if beta <= 0 or not 0 <= label_smoothing < 0.5:
-    raise ValueError(f"need beta > 0 and 0 <= label_smoothing < 0.5, got {beta}, {label_smoothing}")
+    raise UserError(f"need beta > 0 and 0 <= label_smoothing < 0.5, got {beta}, {label_smoothing}")
 
 
 def completion_logps(logprobs: jax.Array, targets: jax.Array, average: bool = False) -> jax.Array:
@@ -117,7 +118,7 @@ class VlmDPO(RewardSFT):
   def __init__(self, config, mesh, abstract=False):
     super().__init__(config, mesh, abstract)
     if config.dpo.reference not in REFERENCES:
-      raise ValueError(f"dpo.reference {config.dpo.reference!r} is not one of {REFERENCES}")
+      raise UserError(f"dpo.reference {config.dpo.reference!r} is not one of {REFERENCES}")
     self.precomputed = config.dpo.reference == "precomputed"
     self.table = None
     # A step running the reference forward does 8 instead of 6 FLOPs per parameter and token.
@@ -159,8 +160,8 @@ class VlmDPO(RewardSFT):
     if os.path.exists(path):
       table = np.load(path)
       if table.shape != (len(records), 2):
-        raise ValueError(f"{path} holds {table.shape[0]} records' reference log-probabilities but the data has "
-                         f"{len(records)}; delete it to compute them again")
+        raise UserError(f"{path} holds {table.shape[0]} records' reference log-probabilities but the data has "
+                        f"{len(records)}; delete it to compute them again")
       return table
     if jax.process_count() > 1:
       raise NotImplementedError("precomputed reference log-probabilities are computed on one host; run the pass "
