@@ -66,8 +66,10 @@ def test_run_writes_metrics_checkpoints_and_config(uninterrupted):
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == STEPS
 
 
-def interrupt(config):
-  """Run `config` as `python -m launch.train` and SIGTERM it once it has logged a step; returns the saved step."""
+def interrupt(config, signum=signal.SIGTERM):
+  """Run `config` as `python -m launch.train` and send it `signum` once it has logged a step; returns the saved step.
+  SIGTERM (a preemption) ends the run with status 0, Ctrl-C (SIGINT) with 130 and one line saying so; both save
+  first."""
   overrides = [("workdir", config.workdir), ("data.train", config.data.train), ("data.tokenizer", config.data.tokenizer),
                ("data.batch_size", config.data.batch_size), ("data.max_length", config.data.max_length),
                ("data.buckets", "()"), ("train.num_steps", config.train.num_steps), ("train.log_every", 1),
@@ -83,12 +85,16 @@ def interrupt(config):
   while not (os.path.exists(metrics) and open(metrics).read().count("\n") >= 2) and process.poll() is None:
     assert time.time() < deadline, "the run never logged a step"
     time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(signum)
   code = process.wait(timeout=300)
   log.close()
-  assert code == 0, open(log.name).read()[-3000:]
+  output = open(log.name).read()
+  assert code == (130 if signum == signal.SIGINT else 0), output[-3000:]
+  assert "Traceback" not in output, output[-3000:]
+  if signum == signal.SIGINT:
+    assert output.rstrip().endswith("interrupted; re-run to resume"), output[-3000:]
   saved = [int(s) for s in os.listdir(os.path.join(config.workdir, "checkpoints")) if s.isdigit()]
-  # Saved where SIGTERM found it (the regular interval, 100, was never reached), before the end.
+  # Saved where the signal found it (the regular interval, 100, was never reached), before the end.
   assert len(saved) == 1 and 2 <= saved[0] < STEPS
   return saved[0]
 
@@ -105,7 +111,7 @@ def test_sigterm_saves_and_a_rerun_continues_exactly(data, uninterrupted, tmp_pa
 
 
 def test_resume_on_a_different_mesh(data, uninterrupted, tmp_path):
-  saved = interrupt(config_for(data, tmp_path, dict(data=1, fsdp=8, tensor=1)))
+  saved = interrupt(config_for(data, tmp_path, dict(data=1, fsdp=8, tensor=1)), signal.SIGINT)
   resumed = train(config_for(data, tmp_path, dict(data=2, fsdp=2, tensor=2)))
   assert resumed.step == STEPS
   steps, values = losses(tmp_path)

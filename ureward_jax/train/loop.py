@@ -3,7 +3,9 @@
 Each iteration takes a host batch, places it on the mesh and runs the step compiled for its shape. Every step's
 loss is checked: a non-finite loss stops the run with the step and the ids of the records in its batch. Metrics
 (averaged over `log_every` steps) go to `MetricsWriter`; checkpoints every `checkpoint.every` steps, at the end and
-on SIGTERM (the signal lets the current step finish, then the loop saves and returns).
+on SIGTERM (the signal lets the current step finish, then the loop saves and returns). Ctrl-C (SIGINT) does the same
+and then raises KeyboardInterrupt, so the entry point reports "interrupted; re-run to resume" with nothing lost; a
+second Ctrl-C interrupts at once, losing the steps since the last checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
+from absl import logging
 from tqdm import tqdm
 
 from ureward_jax.data.pipeline import batch_stats
@@ -51,15 +54,21 @@ class Loop:
 
   def run(self, state: LoopState, batches: Iterable[dict]) -> LoopState:
     """Train from `state.step` to `num_steps` on `batches` (which start at the batch after `state.step`)."""
-    stop = {"requested": False}
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
+    stop = {"signal": None}
+
+    def request_stop(signum, _):
+      stop["signal"] = signum
+      if signum == signal.SIGINT:
+        logging.warning("Ctrl-C: saving after this step (press it again to stop at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
     window, skipped_ids = [], []
     start = time.perf_counter()
     progress = tqdm(total=self.num_steps, initial=state.step, desc="train", unit="step",
                     disable=jax.process_index() != 0)
     try:
       for batch in batches:
-        if state.step >= self.num_steps or stop["requested"]:
+        if state.step >= self.num_steps or stop["signal"] is not None:
           break
         step_fn = self.step_for(batch)
         state.params, state.opt_state, metrics = step_fn(state.params, state.opt_state, self.place(batch))
@@ -84,12 +93,15 @@ class Loop:
         self.checkpointer.save(state.step, state.params, state.opt_state, {"next_batch": state.step})
     finally:
       progress.close()
-      signal.signal(signal.SIGTERM, previous)
+      for signum, handler in previous.items():
+        signal.signal(signum, handler)
     # The end of the run, or a preemption: save where we are (a no-op if this step is already saved).
     if self.checkpointer.latest_step() != state.step:
       self.checkpointer.save(state.step, state.params, state.opt_state, {"next_batch": state.step}, force=True)
     self.checkpointer.close()
     self.metrics.close()
+    if stop["signal"] == signal.SIGINT:
+      raise KeyboardInterrupt   # after saving: the entry point says so
     return state
 
   def _log(self, step: int, window: list[dict], seconds: float, skipped_ids: list[str]):
