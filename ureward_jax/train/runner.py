@@ -37,7 +37,8 @@ from ureward_jax.train.topology import memory_report, topology_devices
 
 def check_config(config: ml_collections.ConfigDict, keys: dict[str, Sequence[str]]) -> None:
   """Every key the task reads is declared in the config, and the config declares nothing else: a misspelt or stale
-  key is an error naming it, never silently ignored."""
+  key is an error naming it, never silently ignored. The shared counts (batch size, steps, intervals) are whole
+  numbers in range."""
   missing, unknown = [], []
   for section, names in keys.items():
     node = config if not section else config.get(section)
@@ -49,8 +50,25 @@ def check_config(config: ml_collections.ConfigDict, keys: dict[str, Sequence[str
     unknown += [prefix + k for k in node.keys() if k not in names]
   problems = ([f"unknown keys {sorted(unknown)}"] if unknown else []) + \
       ([f"missing keys {sorted(missing)} (declare them in the config file)"] if missing else [])
+  if not problems:
+    problems = [f"{name} must be a whole number ≥ {least}, got {value!r}"
+                for name, value, least in _counts(config) if isinstance(value, bool) or not isinstance(value, int)
+                or value < least]
   if problems:
     raise UserError(f"config of train.objective {config.train.objective!r}: " + "; ".join(problems))
+
+
+# The counts every config sets, with their least value (0 steps or epochs: the other one decides the length).
+_COUNTS = (("data.batch_size", 1), ("train.num_steps", 0), ("train.num_epochs", 0), ("train.log_every", 1),
+           ("train.grad_accum", 1), ("checkpoint.every", 1), ("checkpoint.keep", 1))
+
+
+def _counts(config: ml_collections.ConfigDict):
+  """(name, value, least) of each of `_COUNTS` the config holds."""
+  for name, least in _COUNTS:
+    section, key = name.split(".")
+    if key in config.get(section, {}):
+      yield name, config[section][key], least
 
 
 def config_keys(config: ml_collections.ConfigDict, task: type[Task]) -> dict[str, tuple[str, ...]]:
