@@ -1,5 +1,6 @@
-"""Destinations that never lose a user's files: the converters, `launch.export` and `ureward generate` write only into
-a folder that is new, empty, or one they wrote themselves, never into or around their own source.
+"""Destinations that never lose a user's files: the converters and `ureward generate` (and whatever else writes a
+model folder) write only into a folder that is new, empty, or one they wrote themselves, never into or around their
+own source.
 
 A folder the project writes carries `MANIFEST` (the tool that wrote it and the entries it made), which is how a
 later run knows the folder is its own: a folder without one, or with an entry the manifest does not list (a file the

@@ -52,12 +52,21 @@ def save(path: str | Path, config: dict[str, Any], params: Any, copy_from: str |
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
+  """The `config.json` of a converted checkpoint folder, or a UserError saying why `path` is not one."""
   path = Path(path)
+  if path.is_file():
+    raise UserError(f"{path} is a file; a converted checkpoint is a folder (with {CONFIG} and {PARAMS}/)")
   if not (path / CONFIG).exists():
     raise FileNotFoundError(f"{path} is not a converted checkpoint folder: {CONFIG} is missing (convert a PyTorch "
                             "checkpoint first: `python -m converters.llava_onevision`, `converters.sdxl` or "
                             "`converters.t2v_turbo`)")
-  return json.loads((path / CONFIG).read_text())
+  try:
+    config = json.loads((path / CONFIG).read_text())
+  except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UserError(f"{path / CONFIG} is not valid JSON ({e}); convert the checkpoint again") from None
+  if not isinstance(config, dict):
+    raise UserError(f"{path / CONFIG} is not a JSON object; convert the checkpoint again")
+  return config
 
 
 def read_scheduler(path: str | Path) -> dict[str, Any]:

@@ -72,7 +72,11 @@ def load_model(folder: str, dtype: str):
   if not os.path.exists(tokenizer_file):
     raise UsageError(f"{tokenizer_file} is missing; the model folder must hold the checkpoint's fast tokenizer (write "
                      "one with transformers: AutoTokenizer.from_pretrained(SRC).save_pretrained(MODEL_DIR))")
-  return ureward_jax.load(folder, dtype=jnp.dtype(dtype)), tokenizers.Tokenizer.from_file(tokenizer_file)
+  try:
+    tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
+  except Exception as e:   # the tokenizers library raises a bare Exception for a file it cannot read
+    raise UsageError(f"{tokenizer_file} is not a tokenizer file the tokenizers library reads ({e})") from None
+  return ureward_jax.load(folder, dtype=jnp.dtype(dtype)), tokenizer
 
 
 def read_rows(path: str) -> list[dict]:
