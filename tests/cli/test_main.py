@@ -65,7 +65,7 @@ def test_a_cut_last_line_is_removed_with_a_warning(tmp_path, capsys):
   (tmp_path / "in.jsonl").write_text('{"id": "a", "prompt": "x", "images": ["1.png", "2.png"]}\n')
   out = tmp_path / "out.jsonl"
   out.write_text('{"id": "b"}\n{"id": "a", "winn')
-  with pytest.raises(SystemExit, match="tokenizer.json"):   # the repair comes first, then the (missing) model
+  with pytest.raises(SystemExit, match="config.json is missing"):   # the repair comes first, then the (missing) model
     main(["score", "--model", str(tmp_path), "--task", "image_generation", "--mode", "pair",
           "--input", str(tmp_path / "in.jsonl"), "--output", str(out)])
   assert f"warning: {out}:2: removed a line an interrupted run cut short" in capsys.readouterr().err

@@ -77,7 +77,15 @@ def test_bad_arguments_exit_with_a_message(checkpoint, tmp_path):
   _, _, _, folder, media = checkpoint
   args = write_input(tmp_path / "in.jsonl", media)
   args[2] = str(tmp_path)   # no checkpoint there
+  with pytest.raises(SystemExit, match="config.json is missing"):
+    main(args + ["--output", str(tmp_path / "o.jsonl")])
+  (tmp_path / "model").mkdir()
+  (tmp_path / "model" / "config.json").write_text(json.dumps(json.loads((folder / "config.json").read_text())))
+  args[2] = str(tmp_path / "model")   # a checkpoint without its tokenizer
   with pytest.raises(SystemExit, match="tokenizer.json"):
+    main(args + ["--output", str(tmp_path / "o.jsonl")])
+  (tmp_path / "model" / "config.json").write_text(json.dumps({"model_type": "sdxl"}))
+  with pytest.raises(SystemExit, match="holds a 'sdxl' checkpoint, not a LLaVA-OneVision model"):
     main(args + ["--output", str(tmp_path / "o.jsonl")])
   args[2] = str(folder)
   with pytest.raises(SystemExit, match="swap"):

@@ -62,12 +62,17 @@ def media_root(args: argparse.Namespace) -> str:
 
 
 def load_model(folder: str, dtype: str):
-  """(model, tokenizer) of a converted checkpoint folder."""
+  """(model, tokenizer) of a converted LLaVA-OneVision checkpoint folder."""
   import jax.numpy as jnp
   import tokenizers
 
   import ureward_jax
+  from ureward_jax import pretrained
 
+  model_type = pretrained.read_config(folder).get("model_type")
+  if model_type != "llava_onevision":
+    raise UsageError(f"{folder} holds a {model_type!r} checkpoint, not a LLaVA-OneVision model (convert one with "
+                     "`python -m converters.llava_onevision`)")
   tokenizer_file = os.path.join(folder, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
     raise UsageError(f"{tokenizer_file} is missing; the model folder must hold the checkpoint's fast tokenizer (write "
