@@ -18,7 +18,7 @@ from launch import entry  # noqa: E402
 from ureward_jax.train import demo, runner  # noqa: E402
 
 _WORKDIR = flags.DEFINE_string("workdir", "dpo_shapes_run", "where data, checkpoints and metrics go")
-_STEPS = flags.DEFINE_integer("steps", None, "training steps (default: configs/dpo_demo.py)")
+_STEPS = flags.DEFINE_integer("steps", None, "training steps (default: configs/dpo_demo.py)", lower_bound=1)
 
 
 def main(_):
