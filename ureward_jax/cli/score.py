@@ -8,6 +8,10 @@ Rows are in the formats of `ureward_jax.reward.inputs`, media paths relative to 
 `score`, `mass` (points), `text` (generate) or `error`. Results are written batch by batch, so an interrupted run
 loses at most one batch, and re-running with the same output skips the ids already there. A row without an "id" is
 known by its line number ("line 7"); a row whose id an earlier row has is skipped with a warning.
+
+A bad row never stops the run: it is written with its "error" and counted. Images and frame images over
+--max-pixels (default Pillow's decompression-bomb limit) are refused before they are decoded; a larger limit is
+honoured.
 """
 
 from __future__ import annotations
