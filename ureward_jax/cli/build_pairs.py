@@ -5,7 +5,7 @@
 The candidates (given, or sampled from --policy) are judged as pairs and points with the "dpo" wordings and one pair
 per prompt is kept (`ureward_jax.preference`). The kept records are appended to pairs.jsonl in the task's trainer
 format, and every prompt's judgements to pairs.judgements.jsonl, whose ids a re-run skips. A bad item never stops
-the run: its judgement entry holds its "error", and it is counted.
+the run: its judgement entry holds its "error", and it is counted (`BAD_ROWS`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from ureward_jax.reward import inputs, prompts
 
 NAME = "build-pairs"
 HELP = "judge candidates and keep one preference pair per prompt"
+BAD_ROWS = ("An item that cannot be prepared (not a JSON object, malformed candidates, a missing or unreadable file "
+            "or an image over --max-pixels, an error row of generate's candidates.jsonl, anything its judging or "
+            "sampling preparation raises) gets an \"error\" in the judgements file and is counted, and the other "
+            "items go on.")
 # The counts the summary line reports: the prompts by outcome, then the verdicts and scores that could not count.
 _OUTCOMES = ("kept", "tied", "undecided", "errors")
 _EXCLUSIONS = ("tied_pairs", "unreadable_pairs", "unreadable_scores")

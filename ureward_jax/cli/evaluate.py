@@ -5,7 +5,7 @@
 
 The records are the benchmark's (`ureward_jax.reward.benchmarks`); each row keeps its label with its result in
 judged.jsonl (resumable as `ureward score`), and the metrics are printed as JSON. A bad record never stops the run:
-it is written with its "error" and counted, and the metrics cover the judged rows.
+it is written with its "error" and counted, and the metrics cover the judged rows (`BAD_ROWS`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from ureward_jax.reward import benchmarks
 
 NAME = "eval"
 HELP = "judge a benchmark's records and print its metrics"
+BAD_ROWS = ("A record that cannot be judged (a benchmark field missing or of the wrong form, or any of score's bad "
+            "rows) is written with an \"error\" naming the problem and counted, the other records are judged, and "
+            "the metrics are computed over the judged ones.")
 
 
 def add_arguments(command: argparse.ArgumentParser) -> None:

@@ -41,6 +41,9 @@ from ureward_jax.data.jsonl import read_lines
 
 NAME = "generate"
 HELP = "sample candidate images (SDXL) or videos (T2V-Turbo) per prompt"
+BAD_ROWS = ("A prompt line that holds no usable prompt (not a JSON object, no prompt, an id that is not a string or "
+            "an integer or cannot name a file) is written to candidates.jsonl as {\"id\", \"error\"} and counted, "
+            "and the other prompts are generated; a file without a single usable prompt is refused.")
 # The settings a candidate depends on besides its prompt and index: a re-run into the same --out must repeat them.
 _SETTINGS = ("seed", "steps", "height", "width", "num_per_prompt", "dtype")
 _VIDEO_SETTINGS = ("frames", "fps", "guidance_scale", "video_format")
