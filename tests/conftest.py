@@ -68,3 +68,23 @@ def sdxl(tmp_path_factory):
   pipe, folder = tiny_sdxl.save_pipeline(root)
   converter.convert_folder(folder, root / "ours", "float32")
   return pipe, folder, root / "ours"
+
+
+@pytest.fixture(scope="session")
+def huge_png(tmp_path_factory):
+  """The path of a 20000×20000 PNG (400 million pixels, past Pillow's decompression-bomb error) of about 50 KB:
+  one bit per pixel, all zeros, written directly so no image of that size is ever held in memory."""
+  import struct
+  import zlib
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+  side = 20000
+  row = b"\0" * (1 + side // 8)   # filter byte, then side bits
+  packer = zlib.compressobj(9)
+  pixels = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+  header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)   # bit depth 1, greyscale
+  path = tmp_path_factory.mktemp("huge") / "huge.png"
+  path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+  return str(path)

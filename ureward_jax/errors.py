@@ -6,6 +6,10 @@ makes on purpose, with a message naming the thing and what to do. The file syste
 a folder that cannot be written, a full disk) are user errors too. `guard` turns either into one `error: ...` line on
 stderr and exit status 1, Ctrl-C into "interrupted; re-run to resume" and status 130; anything else is a programming
 error and keeps its traceback.
+
+Batch jobs (judging rows, building pairs, generating candidates, loading training records) isolate their rows
+instead: whatever one row raises while it is read or prepared becomes that row's error (`row_error`), and the others
+go on.
 """
 
 from __future__ import annotations
@@ -42,6 +46,12 @@ def describe(error: BaseException) -> str | None:
   if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
     return f"{error.strerror} ({_FILE_HINTS[error.errno]})"
   return None
+
+
+def row_error(error: Exception) -> str:
+  """The message a batch job records for one row that failed: a user error's own message, any other exception's
+  type and message ("DecompressionBombError: ..."), since the type is what names an unexpected failure."""
+  return describe(error) or f"{type(error).__name__}: {error}"
 
 
 def guard(main: Callable[[], int | None]) -> int:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ureward_jax.cli import main, parser
+from ureward_jax.cli import COMMANDS, main, parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,3 +70,10 @@ def test_a_cut_last_line_is_removed_with_a_warning(tmp_path, capsys):
           "--input", str(tmp_path / "in.jsonl"), "--output", str(out)])
   assert f"warning: {out}:2: removed a line an interrupted run cut short" in capsys.readouterr().err
   assert out.read_text() == '{"id": "b"}\n'
+
+
+def test_help_says_what_happens_to_a_bad_row():
+  commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+  for module in COMMANDS:
+    text = " ".join(commands.choices[module.NAME].format_help().split())
+    assert " ".join(module.BAD_ROWS.split()) in text and "error" in module.BAD_ROWS, module.NAME

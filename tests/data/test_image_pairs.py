@@ -12,6 +12,7 @@ from absl import flags
 from PIL import Image
 
 from tests.tiny_sdxl import write_tokenizer
+from ureward_jax.data import image_pairs
 from ureward_jax.data.image_pairs import BuildPair, PairDataConfig, load_pairs, pair_batches, preprocess
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 
@@ -159,6 +160,23 @@ def test_an_unreadable_pair_keeps_its_slot_with_weight_zero(tmp_path, tokenizers
     a, m = divmod(slot, 2)
     assert (np.abs(pixels[a, :, m]).max() == 0) == is_bad
   assert np.all(batch["ids"][batch["weight"] == 0] != 0)   # the captions are still tokenized
+
+
+def test_a_pair_that_raises_anything_is_skipped(tmp_path, tokenizers, huge_png, monkeypatch, caplog):
+  records = noise_pairs(tmp_path, 3)
+  records[2]["jpg_1"] = huge_png
+  real = image_pairs._open
+
+  def crashing(path):
+    if path == records[1]["jpg_0"]:
+      raise RuntimeError("the decoder crashed")
+    return real(path)
+  monkeypatch.setattr(image_pairs, "_open", crashing)
+  build = BuildPair(records, R, False, 0, *tokenizers)
+  with caplog.at_level(logging.WARNING):
+    assert [build.build(i)["bad"] for i in range(3)] == [0, 1, 1]
+  assert "skipping pair p1 (1): RuntimeError: the decoder crashed" in caplog.text
+  assert "skipping pair p2 (2): DecompressionBombError" in caplog.text
 
 
 def test_micro_batches_are_winners_then_losers(tmp_path, tokenizers):

@@ -11,7 +11,7 @@ from absl import flags
 from ureward_jax.data import shapes
 from ureward_jax.data.examples import BadRecord, ExampleConfig, make_example
 from ureward_jax.data.jsonl import read_records
-from ureward_jax.data.pipeline import DataConfig, batches
+from ureward_jax.data.pipeline import DataConfig, batch_stats, batches
 from ureward_jax.data.sources import Record, load_mixture, sample
 from ureward_jax.models.llava_onevision import PRESETS
 from ureward_jax.processing.chat import IGNORE
@@ -107,19 +107,26 @@ def test_bad_records_say_what_is_wrong(world, tmp_path):
       make_example(record, 0, cfg, tokenizer)
 
 
-def test_bad_records_take_an_empty_slot_and_are_logged(world, tmp_path, caplog):
+def test_bad_records_take_an_empty_slot_and_are_logged(world, huge_png, caplog):
+  """A missing file, a 20000×20000 image (Pillow's own error) and a malformed field each skip their record, logged
+  and counted; the others are examples."""
   root, _ = world
   image = _an_image(root)
   records = [_record(root, id=f"good{i}", image=image) for i in range(3)]
-  records.append(_record(root, id="lost", image="media/nowhere.png"))
+  records += [_record(root, id="lost", image="media/nowhere.png"), _record(root, id="huge", image=huge_png),
+              _record(root, id="field", images=7)]
   stream = batches(records, example_config(), str(root / "tokenizer.json"),
-                   DataConfig(global_batch=4, num_epochs=1), process_index=0, process_count=1)
+                   DataConfig(global_batch=6, num_epochs=1), process_index=0, process_count=1)
   with caplog.at_level(logging.WARNING):
     (batch,) = list(stream)
   bad = batch["bad"].astype(bool)
-  assert bad.sum() == 1 and records[batch["index"][bad][0]].data["id"] == "lost"
+  assert sorted(records[i].data["id"] for i in batch["index"][bad]) == ["field", "huge", "lost"]
+  assert batch_stats(batch)["bad"] == 3
   assert np.all(batch["labels"][bad] == IGNORE) and np.all(batch["attention_mask"][bad] == 0)
   assert "skipping record lost" in caplog.text and "missing file" in caplog.text
+  assert "skipping record huge" in caplog.text
+  assert "DecompressionBombError: Image size (400000000 pixels)" in caplog.text
+  assert "skipping record field" in caplog.text and "TypeError" in caplog.text
 
 
 def test_truncation_is_counted_and_cuts_visual_tokens_too(world):

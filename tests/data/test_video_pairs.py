@@ -3,11 +3,13 @@ clip size and mapped to [−1, 1], the caption dropped for the whole pair, the (
 pairs weightless, and batch k a pure function of (records, seed, k)."""
 
 import json
+import logging
 
 import numpy as np
 import pytest
 
 from tests.tiny_sdxl import write_tokenizer
+from ureward_jax.data import video_pairs
 from ureward_jax.data.image_pairs import PairDataConfig
 from ureward_jax.data.video_pairs import (
   BuildVideoPair,
@@ -64,6 +66,21 @@ def test_pairs_are_clips_of_each_video_with_factor_and_bad_pairs(data):
   assert bad["bad"] == 1 and not bad["pixels"].any()
   # Another epoch draws other starts for some pair.
   assert any(not np.array_equal(build.build(i, 0)["pixels"], build.build(i, 1)["pixels"]) for i in (0, 1, 3))
+
+
+def test_a_pair_that_raises_anything_is_skipped(data, monkeypatch, caplog):
+  root, records, tokenizer = data
+  real = video_pairs.read_clip
+
+  def crashing(path, choose, *args):
+    if path == records[1]["rejected"]:
+      raise RuntimeError("the decoder crashed")
+    return real(path, choose, *args)
+  monkeypatch.setattr(video_pairs, "read_clip", crashing)
+  build = BuildVideoPair(records, CLIP, seed=0, tokenizer_folder=tokenizer)
+  with caplog.at_level(logging.WARNING):
+    assert [build.build(i)["bad"] for i in range(3)] == [0, 1, 0]
+  assert "skipping pair p1 (1): RuntimeError: the decoder crashed" in caplog.text
 
 
 def test_caption_dropout_empties_the_pairs_caption(data):

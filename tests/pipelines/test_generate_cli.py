@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 import ureward_jax
-from ureward_jax.cli import main
-from ureward_jax.cli.generate import read_prompts
+from ureward_jax.cli import common, main
+from ureward_jax.cli.generate import Prompt, read_prompts
 from ureward_jax.preference.build import judge_rows
 
 PROMPTS = ["the cat and the dog", "a red cat", "a blue dog", "the red and the blue"]
@@ -105,7 +105,7 @@ def test_rerun_repairs_and_resumes(first_run, tmp_path, monkeypatch, capsys):
   mtimes = {f.name: f.stat().st_mtime_ns for f in (out / "images").iterdir()}
   capsys.readouterr()
   assert main(args + ["--out", str(out)]) == 0
-  assert "2 prompts done, 2 already in" in capsys.readouterr().err
+  assert "2 prompts done, 0 with errors, 2 already in" in capsys.readouterr().err
   assert (out / "candidates.jsonl").read_text() == complete
   assert {f.name: f.stat().st_mtime_ns for f in (out / "images").iterdir() if f.name not in made} == mtimes
   for name in made:
@@ -117,7 +117,7 @@ def test_rerun_repairs_and_resumes(first_run, tmp_path, monkeypatch, capsys):
     raise AssertionError("nothing is left to generate: the model must not be loaded")
   monkeypatch.setattr(ureward_jax, "load", no_model)
   assert main(args + ["--out", str(out)]) == 0
-  assert "0 prompts done, 4 already in" in capsys.readouterr().err
+  assert "0 prompts done, 0 with errors, 4 already in" in capsys.readouterr().err
   assert (out / "candidates.jsonl").read_text() == complete
 
 
@@ -132,6 +132,35 @@ def test_saved_images_of_an_unfinished_prompt_are_kept(first_run, tmp_path, monk
   assert main(args + ["--out", str(out)]) == 0
   assert "0 images written, 2 kept" in capsys.readouterr().err
   assert (out / "candidates.jsonl").read_text() == complete
+
+
+def test_a_bad_prompt_line_is_an_error_row(first_run, pipeline, tmp_path, capsys):
+  """Malformed lines of a .jsonl are written in their place as {"id", "error"} (which build-pairs reads as errors)
+  and counted; the other prompts are generated, a later duplicate id skipped. A malformed line keeps its position:
+  the prompt on line 7 is p00006 and draws the noise of index 6."""
+  args, _ = first_run
+  lines = [json.dumps({"id": "cat", "prompt": PROMPTS[1]}), "{not json", json.dumps({"id": [1], "prompt": "x"}),
+           json.dumps({"id": "a/b", "prompt": "y"}), json.dumps({"id": "e", "text": "no prompt"}),
+           json.dumps({"id": "cat", "prompt": "again"}), json.dumps({"prompt": PROMPTS[2]})]
+  (tmp_path / "p.jsonl").write_text("\n".join(lines) + "\n")
+  out = tmp_path / "out"
+  assert main(args[:3] + ["--prompts", str(tmp_path / "p.jsonl")] + args[5:] + ["--out", str(out)]) == 0
+  err = capsys.readouterr().err
+  assert "2 prompts done, 4 with errors, 0 already in" in err and "(lines 6)" in err
+  rows = read(out / "candidates.jsonl")
+  assert [(r["id"], "error" in r) for r in rows] == [("cat", False), ("line 2", True), ("line 3", True),
+                                                     ("a/b", True), ("e", True), ("p00006", False)]
+  assert rows[1]["error"].startswith("unreadable line: not a JSON object")
+  assert rows[2]["error"] == "'id' must be a string or an integer, got [1]"
+  assert "cannot name image files" in rows[3]["error"] and "'prompt'" in rows[4]["error"]
+  assert rows[5]["candidates"] == ["images/p00006_0.png", "images/p00006_1.png"]
+  assert sorted(f.name for f in (out / "images").iterdir()) == ["cat_0.png", "cat_1.png", "p00006_0.png",
+                                                                "p00006_1.png"]
+  want = pipeline([PROMPTS[2]] * 3, height=64, width=64, seed=3, indices=[12, 13, 13])
+  for k in (0, 1):
+    assert np.abs(pixels(out / f"images/p00006_{k}.png").astype(int) - want[k]).max() <= 1
+  items = common.read_rows(str(out / "candidates.jsonl"))
+  assert [item["id"] for item in items if "error" in item] == ["line 2", "line 3", "a/b", "e"]
 
 
 def test_other_settings_are_refused(first_run, tmp_path):
@@ -151,20 +180,23 @@ def test_bad_model_folders(sdxl, first_run, tmp_path):
   assert not (tmp_path / "out").exists()
 
 
-def test_prompt_files(tmp_path):
-  (tmp_path / "a.txt").write_text("\n one \n\ntwo\n")
-  assert read_prompts(str(tmp_path / "a.txt")) == [("p00000", "one"), ("p00001", "two")]
-  rows = [{"id": "cat", "prompt": "a cat"}, {"caption": "a dog"}, {"id": 7, "caption": "seven"}]
+def test_prompt_files(tmp_path, capsys):
+  (tmp_path / "a.txt").write_bytes(b"\n one \n\nbad \xff\ntwo\n")
+  assert read_prompts(str(tmp_path / "a.txt")) == [
+      Prompt(0, 2, "p00000", "one"), Prompt(1, 4, "line 4", None, "not UTF-8 text (invalid start byte at byte 4)"),
+      Prompt(2, 5, "p00002", "two")]
+  rows = [{"id": "cat", "prompt": "a cat"}, {"caption": "a dog"}, {"id": 7, "caption": "seven"},
+          {"id": "7", "prompt": "a file name 7 already has"}, {"id": "cat", "text": "no prompt, a taken id"}]
   (tmp_path / "b.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\n\n")
-  assert read_prompts(str(tmp_path / "b.jsonl")) == [("cat", "a cat"), ("p00001", "a dog"), (7, "seven")]
+  assert read_prompts(str(tmp_path / "b.jsonl")) == [Prompt(0, 1, "cat", "a cat"), Prompt(1, 2, "p00001", "a dog"),
+                                                      Prompt(2, 3, 7, "seven")]
+  assert "skipping 2 rows whose id an earlier row has (lines 4, 5)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("text, message", [
-    ("\n \n", "holds no prompts"),
-    ('{"id": "a", "prompt": "x"}\n{"id": "b", "prompt": "y"}\n{"id": "a", "caption": "z"}\n',
-     "duplicate prompt ids 'a'"),
-    ('{"id": "a/b", "prompt": "x"}\n', "ids 'a/b' cannot name image files"),
-    ('{"id": "a", "text": "x"}\n', "line 1: .*'prompt' \\(or 'caption'\\)"),
+    ("\n \n", "holds no prompts$"),
+    ('{"id": "a/b", "prompt": "x"}\n', "holds no prompts \\(line 1: id 'a/b' cannot name image files\\)"),
+    ('{"id": "a", "text": "x"}\n', "holds no prompts \\(line 1: .*'prompt' \\(or 'caption'\\)"),
 ])
 def test_bad_prompt_files(tmp_path, text, message):
   (tmp_path / "p.jsonl").write_text(text)

@@ -52,6 +52,29 @@ def test_builder_follows_the_judges_and_the_rule(checkpoint):
   assert built[3][0] is None and "missing.png" in built[3][1]["error"]
 
 
+def test_an_item_that_fails_is_its_own_error(checkpoint, huge_png, monkeypatch):
+  """Malformed candidates, a 20000×20000 image, and a selection that raises: each item's entry holds its error,
+  and the item after them is built."""
+  _, model, tokenizer, _, media = checkpoint
+  good = items()[0]
+  bad = [{"id": "list", "question": "q", "image": "a.png", "candidates": "not a list"},
+         {"id": "huge", "question": "q", "image": huge_png, "candidates": ANSWERS[:2]}]
+  calls = []
+
+  def select_once_failing(*args, **kwargs):
+    calls.append(args)
+    if len(calls) == 1:
+      raise RuntimeError("selection failed")
+    return select(*args, **kwargs)
+  monkeypatch.setattr("ureward_jax.preference.build.select", select_once_failing)
+  built = PairBuilder(*judges(model, tokenizer)).build([good] + bad + [good | {"id": "again"}], media)
+  assert [entry["id"] for _, entry in built] == ["u1", "list", "huge", "again"]
+  assert built[0] == (None, {"id": "u1", "error": "RuntimeError: selection failed"})
+  assert "'candidates' must be a list" in built[1][1]["error"]
+  assert built[2][0] is None and "huge.png is 20000×20000 (400,000,000 pixels)" in built[2][1]["error"]
+  assert "error" not in built[3][1] and built[3][1]["reason"] in ("kept", "tied", "undecided")
+
+
 @pytest.mark.parametrize("task, want", [
     ("image_generation", {"id": "g", "caption": "p", "jpg_0": "c2", "jpg_1": "c1", "label_0": 1}),
     ("video_generation", {"id": "g", "caption": "p", "chosen": "c2", "rejected": "c1"}),
@@ -61,6 +84,9 @@ def test_records_in_each_trainers_format(task, want):
   item = {"id": "g", "prompt": "p", "video": "v", "candidates": ["c1", "c2"]}
   got = record(item, task, Selection(1, 0, "kept"), [3.0, 8.0])
   assert got == want | {"chosen_score": 8.0, "rejected_score": 3.0}
+  if task.endswith("generation"):   # the caption is what was judged: "question" when the item has no "prompt"
+    asked = {"id": "g", "question": "q", "candidates": ["c1", "c2"]}
+    assert record(asked, task, Selection(1, 0, "kept"), [3.0, 8.0])["caption"] == "q"
 
 
 def test_official_selection_needs_generated_text(checkpoint):
@@ -95,11 +121,15 @@ def test_policy_sampling_is_seeded(checkpoint):
     sample_answers(model, tokenizer, rows[:1], "image_generation")
 
 
-def test_build_pairs_command_writes_records_and_resumes(checkpoint, tmp_path, capsys):
+def test_build_pairs_command_writes_records_and_resumes(checkpoint, huge_png, tmp_path, capsys):
+  """Bad items (odd candidates, a missing file, an id that is a list, an image to sample from of 20000×20000) are
+  counted with errors; the others are built, and a re-run skips them all."""
   _, _, _, folder, media = checkpoint
   source = tmp_path / "items.jsonl"
   sampled = {"id": "s1", "question": "What color is the circle?", "image": "a.png"}
-  source.write_text("".join(json.dumps(r) + "\n" for r in items() + [sampled]))
+  bad = [{"id": ["x"], "question": "q", "image": "a.png", "candidates": ANSWERS},
+         {"id": "s2", "question": "What color is the circle?", "image": huge_png}]
+  source.write_text("".join(json.dumps(r) + "\n" for r in items() + [sampled] + bad))
   out = tmp_path / "pairs.jsonl"
   args = ["build-pairs", "--model", str(folder), "--task", "image_understanding", "--input", str(source),
           "--output", str(out), "--media-root", media, "--policy", str(folder), "--num-candidates", "4",
@@ -107,12 +137,14 @@ def test_build_pairs_command_writes_records_and_resumes(checkpoint, tmp_path, ca
   assert main(args) == 0
   err = capsys.readouterr().err
   entries = [json.loads(line) for line in (tmp_path / "pairs.judgements.jsonl").read_text().splitlines()]
-  assert [e["id"] for e in entries] == ["u1", "u2", "u3", "u4", "s1"]
+  assert [e["id"] for e in entries] == ["u1", "u2", "u3", "u4", "s1", "line 6", "s2"]
   assert len(entries[4]["candidates"]) == 4 and "error" not in entries[4]
+  assert "'id' must be a string or an integer" in entries[5]["error"]
+  assert "huge.png is 20000×20000" in entries[6]["error"] and entries[6]["candidates"] is None
   kept = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
   reasons = [e.get("reason") for e in entries]
   assert len(kept) == reasons.count("kept") and {k["id"] for k in kept} <= {"u1", "u2", "s1"}
-  assert f"{reasons.count('kept')} pairs kept" in err and "2 with errors" in err
+  assert f"{reasons.count('kept')} pairs kept" in err and "4 with errors" in err
   assert main(args) == 0
-  assert "5 prompts already in" in capsys.readouterr().err
-  assert len((tmp_path / "pairs.judgements.jsonl").read_text().splitlines()) == 5
+  assert "7 prompts already in" in capsys.readouterr().err
+  assert len((tmp_path / "pairs.judgements.jsonl").read_text().splitlines()) == 7

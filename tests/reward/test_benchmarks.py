@@ -72,10 +72,26 @@ def test_benchmarks_without_randomisation_keep_the_order():
   images = benchmarks.rows_to_judge("genai_image", [
       {"prompt": "p", "left_image": "l.png", "right_image": "r.png", "vote_type": "rightvote"}])
   assert images[0]["images"] == ["l.png", "r.png"] and images[0]["label"] == 2
-  with pytest.raises(ValueError, match="record 0 of genai_image"):
-    benchmarks.rows_to_judge("genai_image", [{"prompt": "p"}])
   with pytest.raises(ValueError, match="unknown benchmark"):
     benchmarks.rows_to_judge("imagereward", [])
+
+
+def test_a_malformed_record_is_an_error_row_and_keeps_its_draw():
+  records = [{"id": f"v{i}", "prompt": f"p{i}", "left_video": f"l{i}", "right_video": f"r{i}", "vote_type": "leftvote"}
+             for i in range(8)]
+  good = benchmarks.rows_to_judge("genai_video", records, seed=3)
+  broken = [dict(r) for r in records]
+  del broken[2]["right_video"]
+  broken[5]["vote_type"] = 7
+  rows = benchmarks.rows_to_judge("genai_video", broken, seed=3)
+  assert rows[2] == {"id": "v2", "error": "not a genai_video record (a field is missing or has the wrong form): "
+                                          "KeyError('right_video')"}
+  assert rows[5]["id"] == "v5" and "TypeError" in rows[5]["error"]
+  assert [r for i, r in enumerate(rows) if i not in (2, 5)] == [r for i, r in enumerate(good) if i not in (2, 5)]
+  unreadable = {"id": "line 4", "error": "unreadable line: not a JSON object"}   # as `ureward eval` reads it
+  rows = benchmarks.rows_to_judge("genai_video", records[:3] + [unreadable] + records[4:], seed=3)
+  assert rows[3] == unreadable and rows[:3] + rows[4:] == good[:3] + good[4:]
+  assert benchmarks.rows_to_judge("vl_rewardbench", [{"query": "q"}])[0]["id"] == 0   # no id: its position
 
 
 @pytest.mark.parametrize("name, text, label, hit", [
@@ -106,6 +122,7 @@ def test_eval_command_judges_and_scores(checkpoint, tmp_path, capsys):
                                                       ("a.png", "red.png", "rightvote"),
                                                       ("c.png", "blue.png", "tievote"),
                                                       ("missing.png", "a.png", "leftvote")])]
+  records.insert(1, {"id": "bad", "prompt": "a red circle", "left_image": "red.png", "vote_type": "leftvote"})
   source = tmp_path / "genai.jsonl"
   source.write_text("".join(json.dumps(r) + "\n" for r in records))
   out = tmp_path / "judged.jsonl"
@@ -114,8 +131,9 @@ def test_eval_command_judges_and_scores(checkpoint, tmp_path, capsys):
   assert main(args) == 0
   printed = json.loads(capsys.readouterr().out)
   rows = [json.loads(line) for line in out.read_text().splitlines()]
-  assert [r["label"] for r in rows] == [1, 2, 0, 1] and "missing.png" in rows[3]["error"]
+  assert [r.get("label") for r in rows] == [1, None, 2, 0, 1] and "missing.png" in rows[4]["error"]
+  assert "KeyError('right_image')" in rows[1]["error"]
   assert printed == {"benchmark": "genai_image"} | benchmarks.metrics("genai_image", rows)
-  assert printed["rows"] == 3 and printed["errors"] == 1
+  assert printed["rows"] == 3 and printed["errors"] == 2
   with pytest.raises(SystemExit, match="--method generate"):
     main(args + ["--official"])

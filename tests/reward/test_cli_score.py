@@ -1,4 +1,5 @@
-"""`ureward score`: rows in, results out, bad rows reported, interrupted runs resumed, and a report that renders."""
+"""`ureward score`: rows in, results out, bad rows reported (never stopping the run), interrupted runs resumed, and a
+report that renders."""
 
 import json
 import shutil
@@ -9,6 +10,7 @@ import pytest
 from PIL import Image
 
 from ureward_jax.cli import main
+from ureward_jax.reward import inputs
 
 ROWS = [
     {"id": "p1", "prompt": "a red circle", "images": ["red.png", "blue.png"]},
@@ -55,6 +57,40 @@ def test_results_and_errors_per_row(first_run):
   assert "unreadable line" in results["line 3"]["error"]
 
 
+def test_a_bad_row_never_stops_the_run(checkpoint, huge_png, tmp_path, monkeypatch, capsys):
+  """Between good rows: a 20000×20000 PNG, ids that are a list and a float, and a row whose preparation raises
+  what no check foresaw. Each is written with an error naming its problem, the good rows are judged, and the run
+  ends with status 0; a limit below the pictures' size refuses them all, naming their size."""
+  _, _, _, folder, media = checkpoint
+  pair = {"prompt": "a red circle", "images": ["red.png", "blue.png"]}
+  rows = [{"id": "good1"} | pair, {"id": "huge", "prompt": "a red circle", "images": [huge_png, "red.png"]},
+          {"id": ["a", "list"]} | pair, {"id": 2.5} | pair,
+          {"id": "crash", "prompt": "a blue square", "images": ["c.png", "blue.png"]}, {"id": "good2"} | pair]
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  real = inputs.load_image
+
+  def load_image(value, *args, **kwargs):
+    if value == "c.png":
+      raise RuntimeError("the decoder crashed")
+    return real(value, *args, **kwargs)
+  monkeypatch.setattr(inputs, "load_image", load_image)
+  args = ["score", "--model", str(folder), "--task", "image_generation", "--mode", "pair", "--input",
+          str(tmp_path / "in.jsonl"), "--media-root", media, "--batch-size", "2"]
+  assert main(args + ["--output", str(tmp_path / "out.jsonl")]) == 0
+  results = {r["id"]: r for r in read(tmp_path / "out.jsonl")}
+  assert list(results) == ["good1", "huge", "line 3", "line 4", "crash", "good2"]
+  assert all(results[key]["winner"] in (0, 1, 2) for key in ("good1", "good2"))
+  assert "huge.png is 20000×20000 (400,000,000 pixels)" in results["huge"]["error"]
+  assert "--max-pixels raises it" in results["huge"]["error"]
+  assert results["line 3"]["error"] == "'id' must be a string or an integer, got ['a', 'list']"
+  assert results["line 4"]["error"] == "'id' must be a string or an integer, got 2.5"
+  assert results["crash"]["error"] == "RuntimeError: the decoder crashed"
+  assert "2 judged, 4 with errors" in capsys.readouterr().err
+  assert main(args + ["--output", str(tmp_path / "small.jsonl"), "--max-pixels", "6399"]) == 0
+  small = {r["id"]: r["error"] for r in read(tmp_path / "small.jsonl")}
+  assert "red.png is 80×80 (6,400 pixels), over the limit of 6,399" in small["good1"]
+
+
 def test_rerun_resumes_after_an_interruption(first_run, tmp_path, capsys):
   args, out, _ = first_run
   complete = read(out)
@@ -88,6 +124,8 @@ def test_bad_arguments_exit_with_a_message(checkpoint, tmp_path):
   with pytest.raises(SystemExit, match="holds a 'sdxl' checkpoint, not a LLaVA-OneVision model"):
     main(args + ["--output", str(tmp_path / "o.jsonl")])
   args[2] = str(folder)
+  with pytest.raises(SystemExit, match="--max-pixels must be at least 1"):
+    main(args + ["--output", str(tmp_path / "o.jsonl"), "--max-pixels", "0"])
   with pytest.raises(SystemExit, match="swap"):
     main(["score", "--model", str(folder), "--task", "image_generation", "--mode", "point", "--swap",
           "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")])

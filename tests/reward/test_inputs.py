@@ -1,6 +1,8 @@
 """Rows → prompts and visual inputs: markers, chat format and token ids as the official scripts build them, media
 from every source, and the layouts."""
 
+import warnings
+
 import numpy as np
 import pytest
 import transformers
@@ -149,3 +151,31 @@ def test_bad_understanding_and_video_rows(media):
   with pytest.raises(inputs.BadInput, match="uint8"):
     inputs.prepare({"prompt": "x", "video": np.zeros((2, 4, 4))}, "video_generation", "point", PROCESSOR,
                    inputs.InputOptions())
+
+
+def test_the_pixel_limit_is_checked_before_decoding_either_side_of_pillows(media, huge_png, monkeypatch):
+  """a.png is 60×40 (2,400 pixels), the frames 48×32 (1,536). With Pillow's own limit set to 100, Pillow alone would
+  refuse every file: a limit of ours below a file's size refuses it naming its size, one above it is honoured without
+  Pillow's warning, and Pillow's limit is back afterwards."""
+  monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")   # a DecompressionBombWarning fails the test
+    assert inputs.load_image("a.png", media, max_pixels=2400).shape == (40, 60, 3)
+    frames = inputs.load_frames("frames", media, inputs.InputOptions(num_frames=2, max_pixels=1536))
+    assert frames.shape == (2, 32, 48, 3)
+  with pytest.raises(inputs.BadInput, match=r"a.png is 60×40 \(2,400 pixels\), over the limit of 2,399 pixels; "
+                                            "--max-pixels raises it"):
+    inputs.load_image("a.png", media, max_pixels=2399)
+  with pytest.raises(inputs.BadInput, match=r"00.jpg is 48×32 \(1,536 pixels\)"):
+    inputs.prepare({"prompt": "x", "video": "frames"}, "video_generation", "point", PROCESSOR,
+                   inputs.InputOptions(max_pixels=1000), root=media)
+  assert Image.MAX_IMAGE_PIXELS == 100
+  with pytest.raises(Image.DecompressionBombError):
+    Image.open(f"{media}/a.png")
+  monkeypatch.undo()
+  # Past Pillow's own error threshold (twice its limit), refused by the default limit before decoding.
+  with pytest.raises(inputs.BadInput, match=r"huge.png is 20000×20000 \(400,000,000 pixels\), over the limit of "
+                                            f"{Image.MAX_IMAGE_PIXELS:,}"):
+    inputs.load_image(huge_png, None)
+  with pytest.raises(ValueError, match="max_pixels must be at least 1"):
+    inputs.InputOptions(max_pixels=0)

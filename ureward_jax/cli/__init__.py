@@ -8,7 +8,9 @@ with its `add_arguments` and `run`; `common` holds what they share.
   ureward generate --model DIR --prompts prompts.txt --num-per-prompt 10 --out DIR ...
 
 Every command appends its results to JSONL a batch at a time and, run again with the same output, skips what is
-there. Helpers raise; `main` alone turns a user's error into a message (`ureward_jax.errors`).
+there. A bad row (a line, a record, an item, a prompt) becomes that row's "error", written and counted, and the run
+goes on; each module's `BAD_ROWS` says how. Helpers raise; `main` alone turns a user's error into a message
+(`ureward_jax.errors`).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def parser() -> argparse.ArgumentParser:
-  """The `ureward` parser: one subparser per command module, which sets `run` to the module's `run`."""
+  """The `ureward` parser: one subparser per command module, which sets `run` to the module's `run`; its help
+  ends with what the command does with a bad row (the module's `BAD_ROWS`)."""
   top = argparse.ArgumentParser(prog="ureward", description="UnifiedReward in JAX.")
   commands = top.add_subparsers(dest="command", required=True)
   for module in COMMANDS:
-    command = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP,
+    command = commands.add_parser(module.NAME, help=module.HELP, description=module.HELP, epilog=module.BAD_ROWS,
                                   formatter_class=_HelpFormatter)
     module.add_arguments(command)
     command.set_defaults(run=module.run)

@@ -4,7 +4,8 @@
 
 The candidates (given, or sampled from --policy) are judged as pairs and points with the "dpo" wordings and one pair
 per prompt is kept (`ureward_jax.preference`). The kept records are appended to pairs.jsonl in the task's trainer
-format, and every prompt's judgements to pairs.judgements.jsonl, whose ids a re-run skips.
+format, and every prompt's judgements to pairs.judgements.jsonl, whose ids a re-run skips. A bad item never stops
+the run: its judgement entry holds its "error", and it is counted (`BAD_ROWS`).
 """
 
 from __future__ import annotations
@@ -15,10 +16,14 @@ import sys
 from tqdm import tqdm
 
 from ureward_jax.cli import common
-from ureward_jax.reward import prompts
+from ureward_jax.reward import inputs, prompts
 
 NAME = "build-pairs"
 HELP = "judge candidates and keep one preference pair per prompt"
+BAD_ROWS = ("An item that cannot be prepared (not a JSON object, malformed candidates, a missing or unreadable file "
+            "or an image over --max-pixels, an error row of generate's candidates.jsonl, anything its judging or "
+            "sampling preparation raises) gets an \"error\" in the judgements file and is counted, and the other "
+            "items go on.")
 # The counts the summary line reports: the prompts by outcome, then the verdicts and scores that could not count.
 _OUTCOMES = ("kept", "tied", "undecided", "errors")
 _EXCLUSIONS = ("tied_pairs", "unreadable_pairs", "unreadable_scores")
@@ -58,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
                   max_new_tokens=args.max_new_tokens, options=options) for mode in ("pair", "point")]
   builder = PairBuilder(*judges, official=args.official)
   policy = common.load_model(args.policy, args.dtype) if args.policy else None
+  # The policy sees LLaVA's layout (pooled frames) at full size; only the pixel limit is the user's.
+  policy_options = inputs.InputOptions(video_layout="pooled", max_pixels=options.max_pixels)
   counts = dict.fromkeys(_OUTCOMES + _EXCLUSIONS, 0)
   with out, log, tqdm(total=len(pending), unit="prompt", desc="building pairs") as bar:
     for start in range(0, len(pending), args.prompts_per_batch):
@@ -65,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
       if policy is not None:
         need = [item for item in chunk if "candidates" not in item and "error" not in item]
         sampled = sample_answers(*policy, need, args.task, args.num_candidates, args.temperature,
-                                 args.max_new_tokens, args.seed, root=root) if need else []
+                                 args.max_new_tokens, args.seed, policy_options, root) if need else []
         for item, answers in zip(need, sampled):
           item.update({"candidates": answers} if isinstance(answers, list) else {"error": answers})
       built = iter(builder.build([item for item in chunk if "error" not in item], root))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import reprlib
 import sys
 
 from ureward_jax.data.jsonl import JsonlWriter, read_lines
@@ -43,6 +44,9 @@ def add_judging_arguments(command: argparse.ArgumentParser, input_help: str, res
   command.add_argument("--max-new-tokens", type=int, default=1024, help="token limit of the generate method")
   command.add_argument("--num-frames", type=int, default=8, help="frames sampled per video")
   command.add_argument("--resize", type=int, default=resize, help=resize_help)
+  command.add_argument("--max-pixels", type=int, default=inputs.InputOptions.max_pixels,
+                       help="an image or frame image of more pixels is that row's error, found before it is decoded "
+                            "(Pillow's decompression-bomb limit by default; a larger one is honoured)")
   command.add_argument("--pair-layout", default="anyres", choices=inputs.PAIR_LAYOUTS,
                        help="anyres tiles per image (the released scripts) or one padded tile (LLaVA-NeXT's trainer)")
   command.add_argument("--video-layout", default="frames", choices=inputs.VIDEO_LAYOUTS,
@@ -53,8 +57,9 @@ def add_judging_arguments(command: argparse.ArgumentParser, input_help: str, res
 
 
 def input_options(args: argparse.Namespace, resize: int | None) -> inputs.InputOptions:
+  require_positive(args, ["num_frames", "max_pixels"])
   return inputs.InputOptions(num_frames=args.num_frames, resize=resize, pair_layout=args.pair_layout,
-                             video_layout=args.video_layout)
+                             video_layout=args.video_layout, max_pixels=args.max_pixels)
 
 
 def media_root(args: argparse.Namespace) -> str:
@@ -84,26 +89,38 @@ def load_model(folder: str, dtype: str):
   return ureward_jax.load(folder, dtype=jnp.dtype(dtype)), tokenizer
 
 
+def valid_id(value) -> bool:
+  """Whether a row's "id" is a string or an integer (not a bool): what results are keyed and resumed by."""
+  return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
 def read_rows(path: str) -> list[dict]:
   """The rows of a JSONL file to judge, each with an "id" (default its line, "line 7"). A line that is not a JSON
-  object becomes a row with an "error", written and counted like any failed row; a row whose id an earlier row has
-  is skipped with a warning."""
+  object, or whose "id" is not a string or an integer, becomes a row known by its line with an "error", written and
+  counted like any failed row; a row whose id an earlier row has is skipped with a warning."""
   rows, seen, duplicates = [], set(), []
   for line in read_lines(path):
     if line.row is None:
       rows.append({"id": f"line {line.number}", "error": f"unreadable line: {line.error}"})
       continue
     row = line.row
-    row.setdefault("id", f"line {line.number}")
+    if not valid_id(row.setdefault("id", f"line {line.number}")):
+      row = {"id": f"line {line.number}",
+             "error": f"'id' must be a string or an integer, got {reprlib.repr(row['id'])}"}
     if row["id"] in seen:
       duplicates.append(line.number)
       continue
     seen.add(row["id"])
     rows.append(row)
-  if duplicates:
-    print(f"warning: skipping {len(duplicates)} rows whose id an earlier row has (lines "
-          f"{', '.join(map(str, duplicates[:20]))}{', ...' if len(duplicates) > 20 else ''})", file=sys.stderr)
+  warn_duplicates(duplicates)
   return rows
+
+
+def warn_duplicates(line_numbers: list[int]) -> None:
+  """Tell the user which lines were skipped because an earlier line has their id."""
+  if line_numbers:
+    print(f"warning: skipping {len(line_numbers)} rows whose id an earlier row has (lines "
+          f"{', '.join(map(str, line_numbers[:20]))}{', ...' if len(line_numbers) > 20 else ''})", file=sys.stderr)
 
 
 def results_writer(path: str) -> JsonlWriter:

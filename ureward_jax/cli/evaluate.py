@@ -4,7 +4,8 @@
                --input records.jsonl --output judged.jsonl [--official] [--seed 0] ...
 
 The records are the benchmark's (`ureward_jax.reward.benchmarks`); each row keeps its label with its result in
-judged.jsonl (resumable as `ureward score`), and the metrics are printed as JSON.
+judged.jsonl (resumable as `ureward score`), and the metrics are printed as JSON. A bad record never stops the run:
+it is written with its "error" and counted, and the metrics cover the judged rows (`BAD_ROWS`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from ureward_jax.reward import benchmarks
 
 NAME = "eval"
 HELP = "judge a benchmark's records and print its metrics"
+BAD_ROWS = ("A record that cannot be judged (a benchmark field missing or of the wrong form, or any of score's bad "
+            "rows) is written with an \"error\" naming the problem and counted, the other records are judged, and "
+            "the metrics are computed over the judged ones.")
 
 
 def add_arguments(command: argparse.ArgumentParser) -> None:
@@ -35,8 +39,7 @@ def run(args: argparse.Namespace) -> int:
   spec = benchmarks.benchmark(args.benchmark)
   common.require_generated_text(args)
   records = common.read_rows(args.input)
-  readable = [r for r in records if "error" not in r]
-  rows = benchmarks.rows_to_judge(args.benchmark, readable, args.seed) + [r for r in records if "error" in r]
+  rows = benchmarks.rows_to_judge(args.benchmark, records, args.seed)
   resize = spec.resize if args.resize is None else args.resize
   judge_file(args, rows, spec.task, "pair", spec.variant, common.input_options(args, resize), common.media_root(args))
   judged = common.read_rows(args.output)

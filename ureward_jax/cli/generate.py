@@ -12,10 +12,15 @@ data) writes OUT/videos/{id}_{k}.mp4 (H.264, crf 10, as the original saves them)
 folder of PNG frames OUT/videos/{id}_{k}/.
 
 Prompts: a text file, one per line (blank lines skipped), or a .jsonl with "prompt" (or "caption") and optional "id";
-ids default to the prompt's position, "p00000". Candidate k of prompt i draws its noise from (seed, i × N + k) alone,
-so batching does not change it. Files are written under a temporary name and renamed; a re-run skips the ids
-already in candidates.jsonl, keeps the candidates an interrupted run finished, and refuses settings (seed, steps,
-size, N, dtype, and for videos frames, fps, guidance, format) other than those OUT/generate.json records.
+ids default to the line's position among the non-blank lines, "p00000". A line without a usable prompt (not a JSON
+object, no prompt, an id that is not a string or an integer or cannot name a file) is written to candidates.jsonl as
+{"id", "error"}, under its own id or its line ("line 7"), and counted; build-pairs counts it as an error, and the
+other prompts are generated. A line whose id an earlier line has is skipped with a warning. Candidate k of the
+prompt on non-blank line i draws its noise from (seed, i × N + k) alone, so batching does not change it.
+
+Files are written under a temporary name and renamed; a re-run skips the ids already in candidates.jsonl (error
+lines included), keeps the candidates an interrupted run finished, and refuses settings (seed, steps, size, N, dtype,
+and for videos frames, fps, guidance, format) other than those OUT/generate.json records.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import argparse
 import collections
 import json
 import os
+import reprlib
 import sys
 import time
+from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
@@ -34,6 +41,9 @@ from ureward_jax.data.jsonl import read_lines
 
 NAME = "generate"
 HELP = "sample candidate images (SDXL) or videos (T2V-Turbo) per prompt"
+BAD_ROWS = ("A prompt line that holds no usable prompt (not a JSON object, no prompt, an id that is not a string or "
+            "an integer or cannot name a file) is written to candidates.jsonl as {\"id\", \"error\"} and counted, "
+            "and the other prompts are generated; a file without a single usable prompt is refused.")
 # The settings a candidate depends on besides its prompt and index: a re-run into the same --out must repeat them.
 _SETTINGS = ("seed", "steps", "height", "width", "num_per_prompt", "dtype")
 _VIDEO_SETTINGS = ("frames", "fps", "guidance_scale", "video_format")
@@ -56,7 +66,8 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
                        help="sampling steps (default: images 1, SDXL-Turbo takes 1 to 4; videos 4, T2V-Turbo's LCM)")
   command.add_argument("--height", type=int, default=None, help="default: images 512, videos 320")
   command.add_argument("--width", type=int, default=512, help="candidate width in pixels")
-  command.add_argument("--seed", type=int, default=0, help="candidate k of prompt i draws noise (seed, i × N + k)")
+  command.add_argument("--seed", type=int, default=0, help="candidate k of the prompt on non-blank line i draws "
+                       "noise (seed, i × N + k)")
   command.add_argument("--batch-size", type=int, default=8, help="candidates per pipeline call")
   command.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"), help="compute dtype")
   command.add_argument("--frames", type=int, default=16, help="video frames")
@@ -66,36 +77,72 @@ def add_arguments(command: argparse.ArgumentParser) -> None:
                        help="an H.264 mp4 per video, or a folder of PNG frames (lossless)")
 
 
-def read_prompts(path: str) -> list[tuple]:
-  """(id, prompt) of each prompt of a text file (one per line, blank lines skipped) or a .jsonl file ("prompt" or
-  "caption", optional "id"); ids default to the prompt's position among the prompts, "p00000"."""
-  entries = []
+class Prompt(NamedTuple):
+  """One non-blank line of a prompt file: its position among them (the noise of its candidates is drawn from it),
+  its line number, its id, and its text, or why it holds no prompt (`error`)."""
+  position: int
+  line: int
+  id: str | int
+  text: str | None
+  error: str | None = None
+
+
+def _lines(path: str) -> Iterator[tuple[int, dict | None, str | None]]:
+  """(line number, the row, or None and why it holds none) of each non-blank line of a prompt file."""
   if path.endswith(".jsonl"):
     for line in read_lines(path):
-      if line.row is None:
-        raise common.UsageError(f"{path} line {line.number}: unreadable line: {line.error}")
-      text = line.row.get("prompt", line.row.get("caption"))
-      if not isinstance(text, str) or not text.strip():
-        raise common.UsageError(f"{path} line {line.number}: a row must be a JSON object with a non-empty 'prompt' "
-                                "(or 'caption')")
-      prompt_id = line.row.get("id", f"p{len(entries):05d}")
-      if isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int)):
-        raise common.UsageError(f"{path} line {line.number}: 'id' must be a string or an integer, got {prompt_id!r}")
-      entries.append((prompt_id, text))
-  else:
-    with open(path, encoding="utf-8") as f:
-      entries = [(f"p{n:05d}", text) for n, text in enumerate(line.strip() for line in f if line.strip())]
-  if not entries:
-    raise common.UsageError(f"{path} holds no prompts")
-  names = collections.Counter(str(prompt_id) for prompt_id, _ in entries)
-  duplicates = [name for name, count in names.items() if count > 1]
-  if duplicates:
-    raise common.UsageError(f"{path}: duplicate prompt ids {', '.join(map(repr, duplicates[:20]))}"
-                            f"{', ...' if len(duplicates) > 20 else ''} (ids name the image files)")
-  unusable = [name for name in names if name in ("", ".", "..") or any(c in name for c in "/\\\0")]
-  if unusable:
-    raise common.UsageError(f"{path}: prompt ids {', '.join(map(repr, unusable[:20]))} cannot name image files")
-  return entries
+      yield line.number, line.row, line.error and f"unreadable line: {line.error}"
+    return
+  with open(path, "rb") as f:   # decoded per line, so one bad line does not stop the file
+    for number, raw in enumerate(f, 1):
+      try:
+        text = raw.decode("utf-8").strip()
+      except UnicodeDecodeError as e:
+        yield number, None, f"not UTF-8 text ({e.reason} at byte {e.start})"
+        continue
+      if text:
+        yield number, {"prompt": text}, None
+
+
+def _problem(row: dict, prompt_id) -> str | None:
+  """Why a readable prompt row cannot be generated, None when it can."""
+  if not common.valid_id(prompt_id):
+    return f"'id' must be a string or an integer, got {reprlib.repr(prompt_id)}"
+  name = str(prompt_id)
+  if name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+    return f"id {prompt_id!r} cannot name image files"
+  text = row.get("prompt", row.get("caption"))
+  if not isinstance(text, str) or not text.strip():
+    return "a row must be a JSON object with a non-empty 'prompt' (or 'caption')"
+  return None
+
+
+def read_prompts(path: str) -> list[Prompt]:
+  """The prompts of a text file (one per line, blank lines skipped) or a .jsonl file ("prompt" or "caption",
+  optional "id"), in order; ids default to the line's position among the non-blank lines, "p00000".
+
+  A line that holds no usable prompt (not UTF-8, not a JSON object, no prompt, an id that is not a string or an
+  integer or cannot name a file) is a Prompt with an `error`, under its own id when that is a string or an integer,
+  else under its line ("line 7"). A line whose id an earlier line has (as a file name: 7 and "7" are one) is skipped
+  with a warning. A file without a single usable prompt is a UsageError.
+  """
+  prompts, seen, duplicates = [], set(), []
+  for position, (number, row, error) in enumerate(_lines(path)):
+    prompt_id = None if row is None else row.get("id", f"p{position:05d}")
+    error = error or _problem(row, prompt_id)
+    if error and not (row is not None and "id" in row and common.valid_id(prompt_id)):
+      prompt_id = f"line {number}"
+    if str(prompt_id) in seen:
+      duplicates.append(number)
+      continue
+    seen.add(str(prompt_id))
+    prompts.append(Prompt(position, number, prompt_id, None if error else row.get("prompt", row.get("caption")),
+                          error))
+  common.warn_duplicates(duplicates)
+  if not any(prompt.error is None for prompt in prompts):
+    first = f" (line {prompts[0].line}: {prompts[0].error})" if prompts else ""
+    raise common.UsageError(f"{path} holds no prompts{first}")
+  return prompts
 
 
 def _read_json(path: str, what: str) -> dict:
@@ -169,11 +216,12 @@ def _candidates(prompt_id, args: argparse.Namespace) -> list[str]:
 
 def _finished(queue: collections.deque, left: collections.Counter, args: argparse.Namespace) -> list[dict]:
   """The lines of the prompts at the head of `queue` whose candidates are all saved (`left` 0), in file order,
-  taken off the queue."""
+  taken off the queue; a line without a usable prompt is written as {"id", "error"} in its place."""
   rows = []
-  while queue and left[queue[0][1]] == 0:
-    _, prompt_id, text = queue.popleft()
-    rows.append({"id": prompt_id, "prompt": text, "candidates": _candidates(prompt_id, args)})
+  while queue and left[queue[0].id] == 0:
+    prompt = queue.popleft()
+    rows.append({"id": prompt.id, "error": prompt.error} if prompt.error else
+                {"id": prompt.id, "prompt": prompt.text, "candidates": _candidates(prompt.id, args)})
   return rows
 
 
@@ -194,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
   common.require_positive(args, ["num_per_prompt", "steps", "height", "width", "frames", "fps", "batch_size"])
   if not os.path.isfile(args.prompts):
     raise common.UsageError(f"{args.prompts} is not a file")
-  entries = read_prompts(args.prompts)
+  prompts = read_prompts(args.prompts)
   if n % 2:
     print(f"warning: --num-per-prompt {n} is odd; build-pairs judges candidates two by two and needs an even number "
           "(at least 2) per prompt", file=sys.stderr)
@@ -205,10 +253,11 @@ def run(args: argparse.Namespace) -> int:
   os.makedirs(os.path.join(args.out, "images" if task == "image" else "videos"), exist_ok=True)
   settings_due = _settings_due(settings_file, settings, keys)
   out = common.results_writer(os.path.join(args.out, "candidates.jsonl"))
-  pending = [(i, prompt_id, text) for i, (prompt_id, text) in enumerate(entries) if prompt_id not in out.done]
+  pending = [prompt for prompt in prompts if prompt.id not in out.done]
+  malformed = sum(prompt.error is not None for prompt in pending)
   # (prompt id, noise index, prompt, file) of each candidate still to make; those an interrupted run saved are kept.
-  jobs = [(prompt_id, i * n + k, text, os.path.join(args.out, path)) for i, prompt_id, text in pending
-          for k, path in enumerate(_candidates(prompt_id, args)) if not os.path.exists(os.path.join(args.out, path))]
+  jobs = [(p.id, p.position * n + k, p.text, os.path.join(args.out, path)) for p in pending if p.error is None
+          for k, path in enumerate(_candidates(p.id, args)) if not os.path.exists(os.path.join(args.out, path))]
   left = collections.Counter(job[0] for job in jobs)
   pipeline = _load_pipeline(args) if jobs else None
   options = dict(num_inference_steps=args.steps, height=args.height, width=args.width, seed=args.seed)
@@ -231,8 +280,9 @@ def run(args: argparse.Namespace) -> int:
         left[job[0]] -= 1
       out.append(_finished(queue, left, args))
       bar.update(len(chunk))
-  print(f"{len(pending) - len(queue)} prompts done, {len(entries) - len(pending)} already in {out.path}; "
-        f"{len(jobs)} {task}s written, {len(pending) * n - len(jobs)} kept from an interrupted run; "
+  done = len(pending) - malformed
+  print(f"{done} prompts done, {malformed} with errors, {len(prompts) - len(pending)} already in {out.path}; "
+        f"{len(jobs)} {task}s written, {done * n - len(jobs)} kept from an interrupted run; "
         f"{time.perf_counter() - started:.1f} s", file=sys.stderr)
   return 0
 

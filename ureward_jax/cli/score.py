@@ -8,6 +8,10 @@ Rows are in the formats of `ureward_jax.reward.inputs`, media paths relative to 
 `score`, `mass` (points), `text` (generate) or `error`. Results are written batch by batch, so an interrupted run
 loses at most one batch, and re-running with the same output skips the ids already there. A row without an "id" is
 known by its line number ("line 7"); a row whose id an earlier row has is skipped with a warning.
+
+A bad row never stops the run: it is written with its "error" and counted (`BAD_ROWS`). Images and frame images
+over --max-pixels (default Pillow's decompression-bomb limit) are refused before they are decoded; a larger limit is
+honoured.
 """
 
 from __future__ import annotations
@@ -22,6 +26,10 @@ from ureward_jax.reward import inputs, prompts
 
 NAME = "score"
 HELP = "judge pairs or points of a JSONL file with a reward model"
+BAD_ROWS = ("A row that cannot be judged (not a JSON object; an id that is not a string or an integer, which makes it "
+            "known by its line; a missing field; a missing or unreadable file, or an image over --max-pixels; "
+            "anything its preparation raises) is written with an \"error\" naming the problem and counted, the "
+            "other rows are judged, and the command exits 0.")
 
 
 def add_arguments(command: argparse.ArgumentParser) -> None:

@@ -10,7 +10,8 @@ The text must hold one `<image>` per image (per video); each is expanded to its 
 An example holds (T = max_length, P = max_patches, V = T): `input_ids`, `labels`, `attention_mask`, `positions`
 (T,) int32; `pixels` (P, H, W, 3) float32; `visual_src`/`visual_weight` (V, 4) into [P·L features ; newline];
 `visual_dest` (V,) with T for unused rows; and the scalars `index` (position in the source), `truncated`, `bad`.
-A record that cannot be used raises `BadRecord`; `empty_example` stands in for it so batches keep their shape.
+A record that cannot be used raises `BadRecord` (a file Pillow refuses may raise Pillow's own error);
+`pipeline.BuildExample` puts `empty_example` in the slot of either, so batches keep their shape.
 """
 
 from __future__ import annotations

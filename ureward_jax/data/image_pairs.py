@@ -12,8 +12,9 @@ here channels-last (H, W, 3) in [−1, 1]. The flips come from a generator seede
 
 Order follows `pipeline.batches`: records shuffled with `seed` and reshuffled every epoch, split across hosts by
 stride, built into pairs and batched; everything is indexed, so batch k is a pure function of (records, seed, k)
-whatever the number of loading workers, and resuming needs only the batch index. A pair whose image cannot be read
-is logged with its id and reason and kept in its slot with zero pixels and weight 0, so batches keep their shape.
+whatever the number of loading workers, and resuming needs only the batch index. A pair whose images fail for any reason
+(missing, corrupt, too large) is logged with its id and reason and kept in its slot with zero pixels and weight 0,
+so batches keep their shape.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from ureward_jax.data.jsonl import read_records
-from ureward_jax.errors import UserError
+from ureward_jax.errors import UserError, row_error
 from ureward_jax.processing.clip_tokenizer import CLIPTokenizer
 
 REQUIRED = ("caption", "jpg_0", "jpg_1", "label_0")
@@ -125,10 +126,10 @@ class BuildPair(grain.transforms.MapWithIndex):
     try:
       pixels = np.stack([preprocess(_open(record[key]), r, bool(flip)) for key, flip in zip(order, flips)])
       bad = 0
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-      logging.warning("skipping pair %s (%s): %s", record.get("id", "?"), index, e)
+    except Exception as e:   # noqa: BLE001 — whatever one pair's images raise skips it; training goes on
+      logging.warning("skipping pair %s (%s): %s", record.get("id", "?"), index, row_error(e))
       pixels, bad = np.zeros((2, r, r, 3), np.float32), 1
-    caption = [record["caption"]]
+    caption = [record["caption"]]   # a string (`load_pairs`), tokenized for a skipped pair too
     return {"pixels": pixels, "ids": self._tokenizers[0](caption)[0], "ids_2": self._tokenizers[1](caption)[0],
             "index": np.int32(index), "bad": np.int32(bad)}
 

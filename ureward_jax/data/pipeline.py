@@ -5,8 +5,10 @@ by stride, built into examples by `examples.make_example` and batched. Everythin
 function of (records, seed, k): the stream is the same for any number of loading workers, and resuming needs only
 the number of batches already consumed (`next_batch`), which the trainer checkpoints with the model.
 
-A bad record is logged with its id and reason and replaced by an empty example (no tokens, no labels) in its slot,
-so batches keep their shape and the loss is unchanged; the batch's `bad` count reaches the metrics.
+A bad record (whatever it raises while becoming an example: a missing, corrupt or oversized file, a malformed
+field, a tokenizer's refusal) is logged with its id and reason and replaced by an empty example (no tokens, no
+labels) in its slot, so batches keep their shape and the loss is unchanged; the batch's `bad` count reaches the
+metrics.
 
 Length buckets: a batch is cut to the shortest bucket that holds its longest sample, so short data does not pay
 for max_length; the step compiles once per bucket.
@@ -23,9 +25,9 @@ import jax
 import numpy as np
 import tokenizers
 
-from ureward_jax.data.examples import BadRecord, ExampleConfig, empty_example, make_example, make_preference_example
+from ureward_jax.data.examples import ExampleConfig, empty_example, make_example, make_preference_example
 from ureward_jax.data.sources import Record
-from ureward_jax.errors import UserError
+from ureward_jax.errors import UserError, row_error
 
 TOKEN_KEYS = ("input_ids", "labels", "attention_mask", "positions")
 VISUAL_ROW_KEYS = ("visual_src", "visual_weight", "visual_dest")
@@ -52,8 +54,9 @@ class BuildExample(grain.transforms.Map):
     make = make_preference_example if self.preference else make_example
     try:
       return make(record, index, self.cfg, self._tokenizer)
-    except BadRecord as e:
-      logging.warning("skipping record %s (%s of %s): %s", record.data.get("id", "?"), index, record.source, e)
+    except Exception as e:   # noqa: BLE001 — whatever one record raises skips it; training goes on
+      logging.warning("skipping record %s (%s of %s): %s", record.data.get("id", "?"), index, record.source,
+                      row_error(e))
       empty = empty_example(index, self.cfg)
       return {k: np.stack([v, v]) for k, v in empty.items()} if self.preference else empty
 

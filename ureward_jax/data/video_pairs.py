@@ -11,8 +11,9 @@ bilinearly, as VideoDPO's reader does (aspect not kept), or with `center_crop` s
 UnifiedReward's T2V-Turbo videos are generated at the clip size, so neither happens there. The caption is
 replaced by "" with probability `caption_dropout` for the pair (VideoDPO's `uncond_prob`); each pair's loss factor
 is (0.72 / score)^dupbeta, score 1 when the record has none (VideoDPO's re-weighting; 0.72 for UnifiedReward's
-pairs). Random draws come from a generator seeded by (seed, record, epoch). A pair whose video cannot be read, or
-is shorter than a clip, is logged and kept in its slot with zero pixels and weight 0.
+pairs). Random draws come from a generator seeded by (seed, record, epoch). A pair whose videos fail for any reason
+(missing, unreadable, a frame too large, shorter than a clip) is logged with its id and reason and kept in its slot
+with zero pixels and weight 0.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from PIL import Image
 
 from ureward_jax.data.image_pairs import PairDataConfig, pair_stream
 from ureward_jax.data.jsonl import read_records
-from ureward_jax.errors import UserError
+from ureward_jax.errors import UserError, row_error
 from ureward_jax.processing.clip_tokenizer import OpenCLIPTokenizer
 from ureward_jax.processing.video import read_clip
 
@@ -118,8 +119,8 @@ class BuildVideoPair(grain.transforms.MapWithIndex):
     rng = np.random.default_rng([self.seed % 2**63, index, epoch])
     try:
       pixels, bad = np.stack([read_video_clip(record[key], clip, rng) for key in ("chosen", "rejected")]), 0
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
-      logging.warning("skipping pair %s (%s): %s", record.get("id", "?"), index, e)
+    except Exception as e:   # noqa: BLE001 — whatever one pair's videos raise skips it; training goes on
+      logging.warning("skipping pair %s (%s): %s", record.get("id", "?"), index, row_error(e))
       pixels, bad = np.zeros((2, clip.video_length, clip.height, clip.width, 3), np.float32), 1
     caption = "" if rng.random() < clip.caption_dropout else record["caption"]
     factor = (DUP_FACTOR / record.get("score", 1.0)) ** clip.dupbeta

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ureward_jax.errors import UserError
+from ureward_jax.errors import UserError, row_error
 from ureward_jax.preference.select import Selection, select
 from ureward_jax.processing.chat import prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
@@ -71,9 +71,10 @@ def record(item: dict, task: str, selection: Selection, scores: Sequence) -> dic
   chosen, rejected = candidates[selection.chosen], candidates[selection.rejected]
   out_scores = {"chosen_score": scores[selection.chosen], "rejected_score": scores[selection.rejected]}
   if task == "image_generation":
-    return {"id": item["id"], "caption": item["prompt"], "jpg_0": chosen, "jpg_1": rejected, "label_0": 1} | out_scores
+    return {"id": item["id"], "caption": _question(item), "jpg_0": chosen, "jpg_1": rejected,
+            "label_0": 1} | out_scores
   if task == "video_generation":
-    return {"id": item["id"], "caption": item["prompt"], "chosen": chosen, "rejected": rejected} | out_scores
+    return {"id": item["id"], "caption": _question(item), "chosen": chosen, "rejected": rejected} | out_scores
   key = "video" if task.startswith("video") else "image"
   return {"id": item["id"], key: item[key], "prompt": _question(item), "chosen": chosen,
           "rejected": rejected} | out_scores
@@ -111,13 +112,15 @@ class PairBuilder:
     return result["score"]
 
   def build(self, items: Sequence[dict], root: str | None = None) -> list[tuple[dict | None, dict]]:
-    """Per item: (its training record, or None when dropped or failed; its judgement entry)."""
-    rows, errors = [], {}
+    """Per item: (its training record, or None when dropped or failed; its judgement entry). An item that raises
+    anything while it is prepared or selected from (malformed candidates, an unreadable file, ...) gets an entry
+    with its "error" (`errors.row_error`), and the others go on."""
+    rows, failures = [], {}
     for n, item in enumerate(items):
       try:
         rows.append(judge_rows(item, self.task))
-      except inputs.BadInput as e:
-        errors[n] = str(e)
+      except Exception as e:   # noqa: BLE001 — whatever one item raises is its error; the others are judged
+        failures[n] = row_error(e)
         rows.append(([], []))
     pair_results = iter(self.pair_judge.judge([r for pairs, _ in rows for r in pairs], root))
     point_results = iter(self.point_judge.judge([r for _, points in rows for r in points], root))
@@ -127,23 +130,31 @@ class PairBuilder:
       scored = [next(point_results) for _ in points]
       entry = {"id": item.get("id")}
       failed = [r["error"] for r in verdicts + scored if "error" in r]
-      if n in errors or failed:
-        out.append((None, entry | {"error": errors.get(n) or failed[0]}))
+      if n in failures or failed:
+        out.append((None, entry | {"error": failures.get(n) or failed[0]}))
         continue
-      winners = [self._winner(r) for r in verdicts]
-      scores = [self._score(r) for r in scored]
-      selection = select(winners, scores, official=self.official,
-                         string_scores=self.official and self.task in STRING_SCORE_TASKS)
-      entry |= {"winners": winners, "scores": scores, "reason": selection.reason,
-                "chosen": selection.chosen, "rejected": selection.rejected,
-                "tied_pairs": selection.tied_pairs, "unreadable_pairs": selection.unreadable_pairs,
-                "unreadable_scores": selection.unreadable_scores}
-      probs = [r["probs"] for r in verdicts if "probs" in r]
-      if probs:
-        entry["pair_probs"] = probs
-      kept = record(item, self.task, selection, scores) if selection.kept else None
-      out.append((kept, entry))
+      try:
+        kept, judgement = self._select(item, verdicts, scored)
+      except Exception as e:   # noqa: BLE001 — as above
+        out.append((None, entry | {"error": row_error(e)}))
+        continue
+      out.append((kept, entry | judgement))
     return out
+
+  def _select(self, item: dict, verdicts: list[dict], scored: list[dict]) -> tuple[dict | None, dict]:
+    """(the kept record or None, the judgement fields of the entry) of a judged item."""
+    winners = [self._winner(r) for r in verdicts]
+    scores = [self._score(r) for r in scored]
+    selection = select(winners, scores, official=self.official,
+                       string_scores=self.official and self.task in STRING_SCORE_TASKS)
+    judgement = {"winners": winners, "scores": scores, "reason": selection.reason,
+                 "chosen": selection.chosen, "rejected": selection.rejected,
+                 "tied_pairs": selection.tied_pairs, "unreadable_pairs": selection.unreadable_pairs,
+                 "unreadable_scores": selection.unreadable_scores}
+    probs = [r["probs"] for r in verdicts if "probs" in r]
+    if probs:
+      judgement["pair_probs"] = probs
+    return (record(item, self.task, selection, scores) if selection.kept else None), judgement
 
 
 def sample_answers(policy, tokenizer, items: Sequence[dict], task: str, num_candidates: int = 10,
@@ -154,7 +165,8 @@ def sample_answers(policy, tokenizer, items: Sequence[dict], task: str, num_cand
 
   The policy sees LLaVA's prompt: the qwen_1_5 chat format with "<image>\\n" and the question; an image is tiled,
   a video goes in as its pooled frames (LLaVA-Video) unless `options` says otherwise. Sampling: temperature,
-  `seed` (each item gets its own stream from its position).
+  `seed` (each item gets its own stream from its position). An item whose preparation raises anything (no
+  question, an unreadable file, ...) gets its error message (`errors.row_error`) instead, and the others go on.
   """
   if not task.endswith("understanding"):
     raise UserError(f"policies answer understanding tasks; {task} candidates come from a generator")
@@ -162,18 +174,18 @@ def sample_answers(policy, tokenizer, items: Sequence[dict], task: str, num_cand
   processor = image_processor(policy.config)
   end_ids = end_token_ids(tokenizer)
   out: list[list[str] | str] = []
+  config = policy.config
   for n, item in enumerate(items):
     try:
       question = _question(item)
       visuals = inputs.visual_inputs(item, task, "point", processor, options, root)
-    except inputs.BadInput as e:
-      out.append(str(e))
+      rows = [prompt_ids(tokenizer, prompts.user_turn(question, len(visuals)))] * num_candidates
+      copies = [v for _ in rows for v in visuals]
+      input_ids, mask, _ = splice_markers(rows, [visual for visual, _ in copies], layout_config(config),
+                                          config.image_token_id, config.video_token_id)
+    except Exception as e:   # noqa: BLE001 — whatever one item raises is its error; the others are sampled
+      out.append(row_error(e))
       continue
-    rows = [prompt_ids(tokenizer, prompts.user_turn(question, len(visuals)))] * num_candidates
-    copies = [v for _ in rows for v in visuals]
-    config = policy.config
-    input_ids, mask, _ = splice_markers(rows, [visual for visual, _ in copies], layout_config(config),
-                                        config.image_token_id, config.video_token_id)
     tokens = policy.generate(input_ids, mask, visuals=copies, max_new_tokens=max_new_tokens, eos_token_id=end_ids,
                              temperature=temperature, seed=int(np.random.SeedSequence([seed, n]).generate_state(1)[0]))
     out.append([answer_text(tokenizer, row, end_ids) for row in tokens])

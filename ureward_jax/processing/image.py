@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -18,6 +19,38 @@ from ureward_jax.errors import UserError
 from ureward_jax.processing import anyres
 
 ImageLike = Image.Image | np.ndarray
+# Pillow's limit is one global; opening under our own limit switches it off, one file at a time.
+_PILLOW_LIMIT = threading.Lock()
+
+
+class ImageTooLarge(UserError):
+  """An image file with more pixels than the limit it was opened under."""
+
+
+def open_image(path: str, max_pixels: int | None = None) -> Image.Image:
+  """The decoded image of a file (its own mode), detached from the file.
+
+  max_pixels: refuse, with ImageTooLarge naming the file and its size, an image of more pixels, before decoding it
+  (`Image.open` reads only the header). The limit replaces Pillow's decompression-bomb check (a warning above
+  `Image.MAX_IMAGE_PIXELS`, an error above twice that) for this file, so a limit below Pillow's refuses sooner and
+  one above it is honoured; None keeps Pillow's check.
+  """
+  if max_pixels is None:
+    with Image.open(path) as image:
+      image.load()
+      return image.copy()
+  with _PILLOW_LIMIT:
+    pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+    try:
+      with Image.open(path) as image:
+        width, height = image.size
+        if width * height > max_pixels:
+          raise ImageTooLarge(f"image {path} is {width}×{height} ({width * height:,} pixels), over the limit of "
+                              f"{max_pixels:,} pixels; --max-pixels raises it")
+        image.load()   # some formats check again while decoding
+        return image.copy()
+    finally:
+      Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
 

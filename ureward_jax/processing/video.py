@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from ureward_jax.errors import UserError
+from ureward_jax.processing.image import open_image
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -22,27 +23,27 @@ def frame_indices(total: int, num_frames: int) -> np.ndarray:
   return np.linspace(0, total - 1, num_frames, dtype=int)
 
 
-def read_frames(path: str, num_frames: int = 8) -> np.ndarray:
+def read_frames(path: str, num_frames: int = 8, max_pixels: int | None = None) -> np.ndarray:
   """(num_frames, H, W, 3) uint8 RGB frames of a video file or a folder of frame images, sampled uniformly.
 
   Raises FileNotFoundError for a missing path and ValueError for a video without frames or an unreadable one.
+  max_pixels: the limit of a frame image (`image.open_image`; None: Pillow's own).
   """
-  return read_clip(path, lambda total: frame_indices(total, num_frames))
+  return read_clip(path, lambda total: frame_indices(total, num_frames), max_pixels)
 
 
-def read_clip(path: str, choose: Callable[[int], Sequence[int]]) -> np.ndarray:
+def read_clip(path: str, choose: Callable[[int], Sequence[int]], max_pixels: int | None = None) -> np.ndarray:
   """(K, H, W, 3) uint8 RGB frames `choose(total)` of a video file or a folder of frame images (sorted by name);
-  `total` is the number of frames (decoded frames of a file, images of a folder). Errors as `read_frames`."""
+  `total` is the number of frames (decoded frames of a file, images of a folder). Errors and max_pixels as
+  `read_frames`."""
   if not os.path.exists(path):
     raise FileNotFoundError(f"video not found: {path}")
   if os.path.isdir(path):
     files = sorted(f for f in os.listdir(path) if f.lower().endswith(FRAME_EXTENSIONS))
     if not files:
       raise UserError(f"video folder {path} holds no frame images ({', '.join(FRAME_EXTENSIONS)})")
-    frames = []
-    for i in choose(len(files)):
-      with Image.open(os.path.join(path, files[i])) as image:
-        frames.append(np.asarray(image.convert("RGB")))
+    frames = [np.asarray(open_image(os.path.join(path, files[i]), max_pixels).convert("RGB"))
+              for i in choose(len(files))]
     if len({f.shape for f in frames}) > 1:
       raise UserError(f"video folder {path} mixes frame sizes {sorted({f.shape for f in frames})}")
     return np.stack(frames)

@@ -100,16 +100,24 @@ def benchmark(name: str) -> Benchmark:
 def rows_to_judge(name: str, records: list[dict], seed: int = 0) -> list[dict]:
   """The judge rows of `records`, each with "label" (1 | 2 | 0), "swapped" and, for VL-RewardBench, "group".
 
-  Records without the benchmark's fields raise ValueError naming the record and the field.
+  A record without the benchmark's fields, or with one of the wrong form, becomes {"id", "error"} naming the field,
+  to be written and counted with the other failed rows; a record that already has an "error" (a line the reader
+  could not use) is kept as it is. Either still takes its draw of the position randomisation, so the other records
+  are judged in the order the official script gives them.
   """
   spec, rng = benchmark(name), random.Random(seed)
   out = []
   for n, record in enumerate(records):
     swap = spec.swap_on is not None and rng.choices([True, False])[0] == spec.swap_on
+    if "error" in record:
+      out.append(record)
+      continue
     try:
       row, label = spec.to_row(record, swap)
-    except (KeyError, IndexError, TypeError) as e:
-      raise UserError(f"record {record.get('id', n)} of {name} lacks a field or has the wrong form: {e!r}") from None
+    except Exception as e:   # noqa: BLE001 — whatever one record raises is its error; the others are judged
+      out.append({"id": record.get("id", n), "error": f"not a {name} record (a field is missing or has the wrong "
+                                                      f"form): {e!r}"})
+      continue
     extra = {"group": vl_group(str(record.get("id", "")))} if name == "vl_rewardbench" else {}
     out.append({"id": record.get("id", n), **row, "label": label, "swapped": swap, **extra})
   return out

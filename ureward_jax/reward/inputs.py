@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ureward_jax.errors import UserError
 from ureward_jax.processing.feature_layout import VisualItem
-from ureward_jax.processing.image import ImageProcessor, to_rgb_array
+from ureward_jax.processing.image import ImageProcessor, ImageTooLarge, open_image, to_rgb_array
 from ureward_jax.processing.video import frame_indices, read_frames
 from ureward_jax.reward import prompts
 
@@ -37,7 +37,7 @@ Visual = tuple[VisualItem, np.ndarray]
 
 
 class BadInput(UserError):
-  """A row that cannot be judged: a missing field, an empty text, a missing or unreadable file."""
+  """A row that cannot be judged: a missing field, an empty text, a missing, unreadable or oversized file."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +46,22 @@ class InputOptions:
 
   num_frames: frames sampled uniformly per video (LLaVA-NeXT's `linspace` rule). resize: side to resize every image
   and frame to first (the official evaluation and sifting scripts use 512; None keeps the original size).
+  max_pixels: an image file or frame image of more pixels is the row's error, found before it is decoded (default
+  Pillow's own decompression-bomb limit; a larger one is honoured, see `processing.image.open_image`).
   """
   num_frames: int = 8
   resize: int | None = None
   pair_layout: str = "anyres"
   video_layout: str = "frames"
+  max_pixels: int = Image.MAX_IMAGE_PIXELS
 
   def __post_init__(self):
     if self.num_frames < 1:
       raise UserError(f"num_frames must be at least 1, got {self.num_frames}")
     if self.resize is not None and self.resize < 1:
       raise UserError(f"resize must be a positive side in pixels or None, got {self.resize}")
+    if self.max_pixels < 1:
+      raise UserError(f"max_pixels must be at least 1, got {self.max_pixels}")
     if self.pair_layout not in PAIR_LAYOUTS:
       raise UserError(f"unknown pair_layout {self.pair_layout!r}; expected one of {PAIR_LAYOUTS}")
     if self.video_layout not in VIDEO_LAYOUTS:
@@ -118,17 +123,20 @@ def _path(value, root: str | None) -> str:
   return value if root is None or os.path.isabs(value) else os.path.join(root, value)
 
 
-def load_image(value, root: str | None, resize: int | None = None) -> np.ndarray:
-  """(H, W, 3) uint8 of an image path, PIL image or array, optionally resized to resize²; raises BadInput."""
+def load_image(value, root: str | None, resize: int | None = None,
+               max_pixels: int = InputOptions.max_pixels) -> np.ndarray:
+  """(H, W, 3) uint8 of an image path, PIL image or array, optionally resized to resize²; an image file of more than
+  max_pixels pixels is refused before decoding. Raises BadInput."""
   if isinstance(value, str):
+    path = _path(value, root)
     try:
-      with Image.open(_path(value, root)) as image:
-        image.load()
-        value = image.copy()
+      value = open_image(path, max_pixels)
     except FileNotFoundError:
-      raise BadInput(f"image not found: {_path(value, root)}") from None
+      raise BadInput(f"image not found: {path}") from None
+    except ImageTooLarge as e:
+      raise BadInput(str(e)) from None
     except (UnidentifiedImageError, OSError) as e:
-      raise BadInput(f"cannot read image {_path(value, root)}: {e}") from None
+      raise BadInput(f"cannot read image {path}: {e}") from None
   try:
     rgb = to_rgb_array(value)
   except (TypeError, ValueError) as e:
@@ -142,8 +150,8 @@ def load_frames(value, root: str | None, options: InputOptions) -> np.ndarray:
   """(num_frames, H, W, 3) uint8 of a video file, frame folder or array, sampled uniformly; raises BadInput."""
   if isinstance(value, str):
     try:
-      frames = read_frames(_path(value, root), options.num_frames)
-    except (FileNotFoundError, ValueError) as e:
+      frames = read_frames(_path(value, root), options.num_frames, options.max_pixels)
+    except (OSError, ValueError) as e:   # missing, unreadable, empty or oversized
       raise BadInput(str(e)) from None
   elif isinstance(value, np.ndarray) and value.ndim == 4 and value.shape[-1] == 3 and value.dtype == np.uint8:
     frames = value[frame_indices(len(value), options.num_frames)]
@@ -169,7 +177,7 @@ def visual_inputs(row: dict, task: str, mode: str, processor: ImageProcessor, op
   if task.startswith("video"):
     return [v for value in values for v in _video_visuals(load_frames(value, root, options), processor,
                                                           options.video_layout)]
-  images = [load_image(value, root, options.resize) for value in values]
+  images = [load_image(value, root, options.resize, options.max_pixels) for value in values]
   if len(images) == 2 and options.pair_layout == "pad":
     return [(VisualItem("single"), p[:1]) for p in processor(images, [2])["pixel_values"]]
   out = []

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ureward_jax.errors import row_error
 from ureward_jax.reward import inputs
 
 _STYLE = """
@@ -49,9 +50,9 @@ def _picture(value, video: bool, root: str | None, options: inputs.InputOptions)
       frames = inputs.load_frames(value, root, options)
       strip = np.concatenate([np.asarray(Image.fromarray(f).resize((96, 96))) for f in frames], axis=1)
       return f'<img src="{_data_uri(strip, 96)}" alt="video frames">'
-    return f'<img src="{_data_uri(inputs.load_image(value, root), 256)}" alt="image">'
-  except inputs.BadInput as e:
-    return f'<span class="error">{html.escape(str(e))}</span>'
+    return f'<img src="{_data_uri(inputs.load_image(value, root, max_pixels=options.max_pixels), 256)}" alt="image">'
+  except Exception as e:   # noqa: BLE001 — one picture that cannot be shown is noted in its place
+    return f'<span class="error">{html.escape(row_error(e))}</span>'
 
 
 def _verdict(result: dict, task: str, mode: str) -> str:

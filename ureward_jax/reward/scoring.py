@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import tokenizers
 
-from ureward_jax.errors import UserError
+from ureward_jax.errors import UserError, row_error
 from ureward_jax.models.llava_onevision import LlavaOnevision
 from ureward_jax.nn.attention import causal_mask
 from ureward_jax.processing.chat import prompt_ids
@@ -292,15 +292,16 @@ class Judge:
     return inputs.prepare(row, self.task, self.mode, self.processor, self.options, self.variant, root)
 
   def judge(self, rows: Sequence[dict], root: str | None = None) -> list[dict]:
-    """One result per row, in order (see the class docstring); relative media paths are taken from `root`."""
+    """One result per row, in order (see the class docstring); relative media paths are taken from `root`. A row
+    whose preparation raises anything (BadInput, a file Pillow refuses, ...) gets {"error": `errors.row_error`}."""
     results: list[dict] = [{} for _ in rows]
     prepared, owners = [], []
     for i, row in enumerate(rows):
       try:
         orders = [row, inputs.swapped(row, self.task, self.mode)] if self.swap else [row]
         ready = [self.prepare(r, root) for r in orders]
-      except inputs.BadInput as e:
-        results[i] = {"error": str(e)}
+      except Exception as e:   # noqa: BLE001 — whatever one row raises is its error; the others are judged
+        results[i] = {"error": row_error(e)}
         continue
       prepared += ready
       owners.append(i)
