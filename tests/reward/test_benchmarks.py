@@ -84,8 +84,7 @@ def test_a_malformed_record_is_an_error_row_and_keeps_its_draw():
   del broken[2]["right_video"]
   broken[5]["vote_type"] = 7
   rows = benchmarks.rows_to_judge("genai_video", broken, seed=3)
-  assert rows[2] == {"id": "v2", "error": "not a genai_video record (a field is missing or has the wrong form): "
-                                          "KeyError('right_video')"}
+  assert rows[2] == {"id": "v2", "error": "not a genai_video record: it has no 'right_video' field"}
   assert rows[5]["id"] == "v5" and "TypeError" in rows[5]["error"]
   assert [r for i, r in enumerate(rows) if i not in (2, 5)] == [r for i, r in enumerate(good) if i not in (2, 5)]
   unreadable = {"id": "line 4", "error": "unreadable line: not a JSON object"}   # as `ureward eval` reads it
@@ -132,7 +131,7 @@ def test_eval_command_judges_and_scores(checkpoint, tmp_path, capsys):
   printed = json.loads(capsys.readouterr().out)
   rows = [json.loads(line) for line in out.read_text().splitlines()]
   assert [r.get("label") for r in rows] == [1, None, 2, 0, 1] and "missing.png" in rows[4]["error"]
-  assert "KeyError('right_image')" in rows[1]["error"]
+  assert "no 'right_image' field" in rows[1]["error"]
   assert printed == {"benchmark": "genai_image"} | benchmarks.metrics("genai_image", rows)
   assert printed["rows"] == 3 and printed["errors"] == 2
   with pytest.raises(SystemExit, match="--method generate"):

@@ -18,7 +18,9 @@ object, no prompt, an id that is not a string or an integer or cannot name a fil
 other prompts are generated. A line whose id an earlier line has is skipped with a warning. Candidate k of the
 prompt on non-blank line i draws its noise from (seed, i × N + k) alone, so batching does not change it.
 
-Files are written under a temporary name and renamed; a re-run skips the ids already in candidates.jsonl (error
+OUT must be a new or empty folder, or one `ureward generate` wrote (its `.ureward_jax.json` says so) holding nothing
+else, and not the model's folder or around the prompts file. Files are written under a temporary name and renamed;
+a re-run skips the ids already in candidates.jsonl (error
 lines included), keeps the candidates an interrupted run finished, and refuses settings (seed, steps, size, N, dtype,
 and for videos frames, fps, guidance, format) other than those OUT/generate.json records.
 """
@@ -36,6 +38,7 @@ from typing import Iterator, NamedTuple
 
 from tqdm import tqdm
 
+from ureward_jax import outputs
 from ureward_jax.cli import common
 from ureward_jax.data.jsonl import read_lines
 
@@ -250,7 +253,10 @@ def run(args: argparse.Namespace) -> int:
   keys = _SETTINGS + (_VIDEO_SETTINGS if task == "video" else ())
   settings = {key: getattr(args, key) for key in keys} | {"model": os.path.abspath(args.model)}
   settings_file = os.path.join(args.out, "generate.json")
-  os.makedirs(os.path.join(args.out, "images" if task == "image" else "videos"), exist_ok=True)
+  media = "images" if task == "image" else "videos"
+  outputs.claim_folder(args.out, "ureward generate", [media, "candidates.jsonl", "generate.json"],
+                       sources=[args.model, args.prompts])
+  os.makedirs(os.path.join(args.out, media), exist_ok=True)
   settings_due = _settings_due(settings_file, settings, keys)
   out = common.results_writer(os.path.join(args.out, "candidates.jsonl"))
   pending = [prompt for prompt in prompts if prompt.id not in out.done]

@@ -33,10 +33,7 @@ STRING_SCORE_TASKS = ("video_understanding", "image_generation", "video_generati
 
 
 def _question(item: dict) -> str:
-  question = item.get("question", item.get("prompt"))
-  if not isinstance(question, str) or not question.strip():
-    raise inputs.BadInput("'question' (or 'prompt') is missing or empty")
-  return question
+  return inputs.text_field(item.get("question", item.get("prompt")), "'question' (or 'prompt')")
 
 
 def _candidates(item: dict) -> list:

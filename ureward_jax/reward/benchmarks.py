@@ -114,9 +114,12 @@ def rows_to_judge(name: str, records: list[dict], seed: int = 0) -> list[dict]:
       continue
     try:
       row, label = spec.to_row(record, swap)
+    except KeyError as e:
+      out.append({"id": record.get("id", n), "error": f"not a {name} record: it has no {e.args[0]!r} field"})
+      continue
     except Exception as e:   # noqa: BLE001 — whatever one record raises is its error; the others are judged
-      out.append({"id": record.get("id", n), "error": f"not a {name} record (a field is missing or has the wrong "
-                                                      f"form): {e!r}"})
+      out.append({"id": record.get("id", n), "error": f"not a {name} record (a field has the wrong form: "
+                                                      f"{type(e).__name__}: {e})"})
       continue
     extra = {"group": vl_group(str(record.get("id", "")))} if name == "vl_rewardbench" else {}
     out.append({"id": record.get("id", n), **row, "label": label, "swapped": swap, **extra})

@@ -17,6 +17,7 @@ instead pads pair images to one square tile (`"pad"`) and pools a video's frames
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -68,11 +69,19 @@ class InputOptions:
       raise UserError(f"unknown video_layout {self.video_layout!r}; expected one of {VIDEO_LAYOUTS}")
 
 
-def _text(row: dict, key: str) -> str:
-  value = row.get(key)
-  if not isinstance(value, str) or not value.strip():
-    raise BadInput(f"{key!r} is missing or empty")
+def text_field(value, name: str) -> str:
+  """`value` if it is a non-empty string, else a BadInput saying which of missing, not text or empty it is."""
+  if value is None:
+    raise BadInput(f"{name} is missing")
+  if not isinstance(value, str):
+    raise BadInput(f"{name} must be text, got {type(value).__name__} {json.dumps(value)[:40]}")
+  if not value.strip():
+    raise BadInput(f"{name} is empty")
   return value
+
+
+def _text(row: dict, key: str) -> str:
+  return text_field(row.get(key), repr(key))
 
 
 def _two(row: dict, key: str) -> list:
@@ -102,9 +111,7 @@ def fields(row: dict, task: str, mode: str) -> dict[str, str]:
   if mode == "pair":
     responses = _two(row, "responses")
     for i, response in enumerate(responses, 1):
-      if not isinstance(response, str) or not response.strip():
-        raise BadInput(f"response {i} is missing or empty")
-      out[f"response_{i}"] = response
+      out[f"response_{i}"] = text_field(response, f"response {i}")
   else:
     out["response"] = _text(row, "response")
   return out
