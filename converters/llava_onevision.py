@@ -151,6 +151,9 @@ def config_from_source(source: dict, fmt: str, n_vision: int, n_text: int, vocab
     if source.get("vision_feature_layer", -1) != -1 or source.get("vision_feature_select_strategy", "full") != "full":
       raise ConversionError("only vision_feature_layer=-1 with vision_feature_select_strategy='full' is supported "
                             f"(got {source.get('vision_feature_layer')}, {source.get('vision_feature_select_strategy')})")
+    if not isinstance(source.get("text_config"), dict):
+      raise ConversionError("the source config.json has no text_config object (a transformers LLaVA-OneVision "
+                            "config holds the language model's settings there)")
     vision = SiglipVisionConfig.from_dict(source.get("vision_config") or {})
     text = Qwen2Config.from_dict(source["text_config"])
     extra = dict(image_token_id=source.get("image_token_id", source.get("image_token_index", 151646)),
@@ -190,13 +193,11 @@ def config_to_source(config: LlavaOnevisionConfig, fmt: str) -> dict:
 def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -> LlavaOnevisionConfig:
   """Convert a transformers or LLaVA-NeXT folder into our checkpoint folder at `dst` (written as the module
   docstring says: never over files this converter did not write, nothing left by a failure)."""
-  src = Path(src)
+  src = common.source_folder(src)
   tensors = common.open_safetensors(src)
   fmt = detect_format(tensors)
   p = FORMATS[fmt]
-  if not (src / "config.json").exists():
-    raise ConversionError(f"{src} has no config.json")
-  source_config = json.loads((src / "config.json").read_text())
+  source_config = common.read_json(src / "config.json")
   prefixed = p["vision"] + "vision_model.embeddings.patch_embedding.weight" in tensors
   vision = p["vision"] + ("vision_model." if prefixed else "")
   n_vision = common.count_layers(tensors, vision + "encoder.layers.{i}.layer_norm1.weight")
@@ -205,7 +206,10 @@ def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -
   if embed not in tensors:
     raise ConversionError(f"missing tensor {embed!r}")
   tied = p["head"] not in tensors
-  config = config_from_source(source_config, fmt, n_vision, n_text, tensors[embed].shape[0], tied)
+  try:
+    config = config_from_source(source_config, fmt, n_vision, n_text, tensors[embed].shape[0], tied)
+  except KeyError as e:   # a setting the model needs and the file lacks
+    raise ConversionError(f"{src / 'config.json'}: no {e} entry") from None
   expected = common.flat_shapes(param_shapes(config))
   source = {"format": fmt, "vision_model_prefix": prefixed}
   with outputs.staged_folder(dst, TOOL, [src]) as staging:

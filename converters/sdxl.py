@@ -142,10 +142,7 @@ def open_weights(folder: Path, variant: str | None = None) -> dict[str, common.S
     found = sorted(p.name for p in folder.glob("*.safetensors"))
     raise ConversionError(f"{folder}: no {'plain' if variant is None else variant!r} safetensors weights "
                           f"(found {found or 'none'}); .bin checkpoints must be re-saved as safetensors")
-  tensors = {}
-  for path in files:
-    tensors.update(common.read_safetensors_header(path))
-  return tensors
+  return common.read_safetensors_files(files)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,12 +160,13 @@ class Component:
 
 def read_component(src: Path, variant: str | None = None) -> Component:
   """A diffusers / transformers component folder's config and weights, checked; its tensors under our names."""
-  if not (src / "config.json").exists():
-    raise ConversionError(f"{src} has no config.json")
-  source_config = json.loads((src / "config.json").read_text())
+  source_config = common.read_json(src / "config.json")
   class_name = component_class(source_config, src)
   model_type, _, config_cls = _module(class_name)
-  config = config_cls.from_dict(source_config)
+  try:
+    config = config_cls.from_dict(source_config)
+  except KeyError as e:   # a setting the model needs and the file lacks
+    raise ConversionError(f"{src / 'config.json'}: no {e} entry") from None
   tensors = open_weights(src, variant)
   if model_type == "clip_text" and not any(n.startswith("text_model.") for n in tensors):
     # transformers 5 saves a plain CLIPTextModel without the `text_model.` prefix that every earlier file has.
@@ -199,15 +197,13 @@ def _modern_attention_name(name: str) -> str:
 def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None, variant: str | None = None) -> dict:
   """Convert a diffusers SDXL pipeline folder (with `model_index.json`) or a single component folder into our folder
   at `dst` (written as the module docstring says); returns the config written at its top."""
-  src = Path(src)
-  if not src.is_dir():
-    raise ConversionError(f"checkpoint folder {src} does not exist")
+  src = common.source_folder(src)
   if not (src / "model_index.json").exists():
     component = read_component(src, variant)
     with outputs.staged_folder(dst, TOOL, [src]) as staging:
       ours = write_component(component, staging, dtype)
     return ours
-  index = json.loads((src / "model_index.json").read_text())
+  index = common.read_json(src / "model_index.json")
   missing = [name for name in PIPELINE_MODELS if not (src / name).is_dir()]
   if missing:
     raise ConversionError(f"{src}: the pipeline folder lacks {missing}")

@@ -41,6 +41,7 @@ import gzip
 import json
 import re
 import shutil
+import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -349,8 +350,11 @@ def write_tokenizer(src: str | Path, dst: str | Path) -> Path:
       shutil.copy(src / name, dst / name)
   elif src.is_file():
     opener = gzip.open if src.suffix == ".gz" else open
-    with opener(src, "rt", encoding="utf-8") as f:
-      lines = f.read().split("\n")
+    try:
+      with opener(src, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError) as e:
+      raise ConversionError(f"{src}: not a readable merges file ({e})") from None
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
     if not merges or any(len(m) != 2 for m in merges):
       raise ConversionError(f"{src}: not an OpenCLIP BPE merges file (a header line, then one 'a b' pair per line)")
@@ -426,7 +430,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
   vae_settings = _checked_buffers(tensors, tuple(present))
   yaml_params = None
   if config is not None:
-    document = yaml.safe_load(Path(config).read_text())
+    try:
+      document = yaml.safe_load(Path(config).read_text())
+    except yaml.YAMLError as e:
+      raise ConversionError(f"{config}: not valid YAML ({e})") from None
     try:
       yaml_params = document["model"]["params"]["unet_config"]["params"]
     except (KeyError, TypeError):

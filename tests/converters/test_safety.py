@@ -1,16 +1,23 @@
-"""Nothing lost: converters never write over files they did not make, never into or around their source, and leave
-nothing behind when they fail."""
+"""Nothing lost, nothing silent: converters never write over files they did not make, never into or around their
+source, and leave nothing behind when they fail; damaged files fail naming the file."""
 
 import hashlib
+import io
 import json
+import pickle
 import shutil
+import struct
+import zipfile
 
+import numpy as np
 import pytest
-from safetensors.numpy import load_file
+import torch
+from safetensors.numpy import load_file, save_file
 
 import ureward_jax
-from converters import common, llava_onevision
+from converters import common, llava_onevision, torch_checkpoint
 from converters import sdxl as sdxl_converter
+from converters.common import ConversionError
 from tests import tiny_llava as T
 from ureward_jax import errors, outputs
 
@@ -117,3 +124,145 @@ def test_a_failure_midway_leaves_nothing(source, tmp_path, monkeypatch):
   with pytest.raises(KeyboardInterrupt):
     llava_onevision.export_folder(dst, tmp_path / "back", "hf")
   assert not (tmp_path / "back").exists() and hidden(tmp_path) == []
+
+
+
+# --- damaged files -------------------------------------------------------------------------------------------
+
+
+def _header_length(path):
+  return struct.unpack("<Q", path.read_bytes()[:8])[0]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: f.write_bytes(f.read_bytes()[:5]), "not a safetensors file \\(5 bytes"),
+    (lambda f: f.write_bytes(f.read_bytes()[:100]), "the header is \\d+ bytes long, but only 92 follow"),
+    (lambda f: f.write_bytes(f.read_bytes()[:-10]), "damaged safetensors file: tensor '.*': data_offsets .* run past the end of the data"),
+    (lambda f: f.write_bytes(struct.pack("<Q", 2) + b"[]" + f.read_bytes()[8:]), "the header is a JSON list"),
+    (lambda f: f.write_bytes(struct.pack("<Q", 2) + b"{[" + f.read_bytes()[8:]), "the header is not JSON"),
+])
+def test_a_damaged_safetensors_file_names_itself(source, tmp_path, damage, message):
+  src = tmp_path / "src"
+  shutil.copytree(source, src)
+  damage(src / "model.safetensors")
+  with pytest.raises(ConversionError, match=f"^{src / 'model.safetensors'}: {message}"):
+    llava_onevision.convert_folder(src, tmp_path / "ours")
+  assert not (tmp_path / "ours").exists()
+
+
+def test_a_safetensors_entry_that_does_not_match_its_data_is_named(tmp_path):
+  path = tmp_path / "model.safetensors"
+  save_file({"a": np.zeros((2, 2), np.float32), "b": np.zeros(3, np.float32)}, str(path))
+  length, blob = _header_length(path), path.read_bytes()
+  header = json.loads(blob[8:8 + length])
+  for edit, message in [
+      (lambda h: h["a"].update(shape=[2, 3]), "tensor 'a': data_offsets \\[0, 16\\] span 16 bytes, but shape \\[2, 3\\]"),
+      (lambda h: h["b"].pop("dtype"), "tensor 'b': the header entry lacks dtype"),
+      (lambda h: h["b"].update(data_offsets=[16, 10**6]), "tensor 'b': data_offsets .* run past the end"),
+      (lambda h: h["a"].update(dtype="F8_E4M3"), "tensor 'a': unsupported dtype 'F8_E4M3'")]:
+    changed = json.loads(json.dumps(header))
+    edit(changed)
+    text = json.dumps(changed).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + blob[8 + length:])
+    with pytest.raises(ConversionError, match=f"^{path}: damaged safetensors file: {message}"):
+      common.read_safetensors_header(path)
+
+
+def test_a_sharded_folder_with_a_bad_index_names_it(source, tmp_path):
+  src = tmp_path / "src"
+  shutil.copytree(source, src)
+  tensors = load_file(src / "model.safetensors")
+  (src / "model.safetensors").unlink()
+  common.save_safetensors(tensors, src, max_shard_bytes=20_000)
+  index = src / "model.safetensors.index.json"
+  weight_map = json.loads(index.read_text())["weight_map"]
+  first = min(weight_map.values())
+  for text, message in [("{", "not valid JSON"), ("[]", "holds a JSON list"),
+                        (json.dumps({"weight_map": [1]}), "no 'weight_map' object"),
+                        (json.dumps({"weight_map": {**weight_map, "extra.weight": first}}),
+                         "tensors its shards do not hold where it says: extra.weight")]:
+    index.write_text(text)
+    with pytest.raises(ConversionError, match=f"^{index}: {message}"):
+      llava_onevision.convert_folder(src, tmp_path / "ours")
+  index.unlink()   # without the index every shard is read: a tensor in two of them is refused
+  shutil.copy(src / first, src / "copy.safetensors")
+  with pytest.raises(ConversionError, match="tensors stored in more than one file: '.*' \\(copy.safetensors, "):
+    common.open_safetensors(src)
+
+
+def test_a_source_that_is_not_a_checkpoint_folder_says_what_it_is(source, tmp_path):
+  file = tmp_path / "model.safetensors"
+  shutil.copy(source / "model.safetensors", file)
+  for convert in (llava_onevision.convert_folder, sdxl_converter.convert_folder):
+    with pytest.raises(ConversionError, match=f"^{file} is a file; a checkpoint folder was expected"):
+      convert(file, tmp_path / "ours")
+  src = tmp_path / "src"
+  shutil.copytree(source, src)
+  (src / "config.json").unlink()
+  with pytest.raises(ConversionError, match=f"^{src} has no config.json"):
+    llava_onevision.convert_folder(src, tmp_path / "ours")
+  (src / "config.json").write_text('{"text_config": ')
+  for convert in (llava_onevision.convert_folder, sdxl_converter.convert_folder):
+    with pytest.raises(ConversionError, match=f"^{src / 'config.json'}: not valid JSON"):
+      convert(src, tmp_path / "ours")
+  with pytest.raises(SystemExit) as usage:
+    llava_onevision.main(["--src", str(src)])
+  assert usage.value.code == errors.USAGE
+
+
+def _member(path, suffix):
+  """The bytes of the member of the zip at `path` whose name ends with `suffix`."""
+  with zipfile.ZipFile(path) as archive:
+    return archive.read(next(n for n in archive.namelist() if n.endswith(suffix)))
+
+
+def _rezipped(path, replace):
+  """The bytes of the zip at `path` written again with the members of `replace` ({name: bytes}) swapped in."""
+  buffer = io.BytesIO()
+  with zipfile.ZipFile(path) as old, zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as new:
+    for name in old.namelist():
+      new.writestr(name, replace.get(name.split("/", 1)[1], old.read(name)))
+  return buffer.getvalue()
+
+
+def _flipped_pickle(path):
+  """The bytes of the torch zip at `path` with a byte inside its pickle changed (the archive's CRC catches it)."""
+  blob = bytearray(path.read_bytes())
+  with zipfile.ZipFile(path) as archive:
+    info = next(i for i in archive.infolist() if i.filename.endswith("/data.pkl"))
+  name_length, extra_length = struct.unpack("<HH", blob[info.header_offset + 26:info.header_offset + 30])
+  blob[info.header_offset + 30 + name_length + extra_length + 5] ^= 0xFF
+  return bytes(blob)
+
+
+class _Storage:
+  """Pickled as a persistent id, as torch pickles its storages."""
+
+
+def _pair_persistent_id():
+  """A pickle whose persistent id is a pair, not torch's five-tuple."""
+  buffer = io.BytesIO()
+  pickler = pickle.Pickler(buffer, protocol=2)
+  pickler.persistent_id = lambda obj: ("storage", "0") if isinstance(obj, _Storage) else None
+  pickler.dump({"w": _Storage()})
+  return buffer.getvalue()
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.read_bytes()[:len(p.read_bytes()) // 2], "not a torch zip checkpoint, or a truncated one"),
+    (lambda p: b"\x80\x02}q\x00." * 10, "not a torch zip checkpoint"),
+    (_flipped_pickle, "a damaged torch checkpoint \\(BadZipFile: Bad CRC-32"),
+    (lambda p: _rezipped(p, {"data.pkl": _member(p, "/data.pkl")[:-4]}), "a damaged torch checkpoint \\(Unpickling"),
+    (lambda p: _rezipped(p, {"data.pkl": _pair_persistent_id()}), "unsupported persistent object \\('storage', '0'"),
+    (lambda p: _rezipped(p, {"data/0": b"\x00" * 8}), "a tensor of shape \\(10,\\) .* does not fit its storage"),
+])
+def test_a_damaged_torch_file_names_itself(tmp_path, damage, message):
+  good = tmp_path / "good.ckpt"
+  torch.save({"state_dict": {"w": torch.ones(10)}}, good)
+  assert torch_checkpoint.state_dict(good)["w"].load().sum() == 10
+  bad = tmp_path / "bad.ckpt"
+  bad.write_bytes(damage(good))
+  with pytest.raises(ConversionError, match=f"^{bad}: {message}"):
+    torch_checkpoint.state_dict(bad)
+  with pytest.raises(ConversionError, match=f"^{tmp_path} is a folder; a checkpoint file"):
+    torch_checkpoint.load(tmp_path)

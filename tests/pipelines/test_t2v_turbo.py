@@ -109,6 +109,7 @@ def test_a_reference_unet_file_becomes_a_unet_folder(made, tmp_path):
 
 def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
   state, tokenizer = made["state"], str(made["root"] / "bpe.txt.gz")
+  config = ["--config", str(made["root"] / "config.yaml")]
   cases = {
       "no tokenizer": ({"state_dict": state}, [], "needs its tokenizer"),
       "stray tensor": ({"state_dict": {**state, "model_ema.decay": torch.tensor(0.9)}}, ["--tokenizer", tokenizer],
@@ -117,7 +118,10 @@ def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
                          ["--tokenizer", tokenizer], "noise schedule 'alphas_cumprod' is not VideoCrafter2's"),
       "no reference": ({"state_dict": state}, ["--reference"], "does not hold"),
       "no tokenizer file": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "nowhere.gz")], "does not exist"),
+      "damaged tokenizer": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "damaged.gz"), *config],
+                            "damaged.gz: not a readable merges file"),
   }
+  (tmp_path / "damaged.gz").write_bytes(b"\x1f\x8b" + bytes(20))
   for name, (content, flags, message) in cases.items():
     torch.save(content, tmp_path / "bad.ckpt")
     with pytest.raises(SystemExit, match=message):
