@@ -2,9 +2,9 @@
 
 A converter is a list of `Rule`s, each mapping one of our parameters (a '/'-joined path) to one source tensor name
 and saying how the layout changes. Stacked (scanned) parameters name their source with `{i}` for the layer index.
-`convert` applies the table and fails on every missing, unexpected or mis-shaped tensor, naming it; `export` is the
-exact inverse, so a round trip is bit-exact. The readers check a file against itself before any tensor is read, so
-a damaged or truncated checkpoint fails naming the file, never later inside numpy.
+`convert` applies the table and fails on every missing, unexpected, mis-shaped or non-floating tensor, naming it;
+`export` is the exact inverse, so a round trip is bit-exact. The readers check a file against itself before any
+tensor is read, so a damaged or truncated checkpoint fails naming the file, never later inside numpy.
 """
 
 from __future__ import annotations
@@ -27,6 +27,9 @@ from ureward_jax.errors import UserError
 _DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+# The dtypes a parameter may have: integer and boolean tensors are buffers (ids, masks, counters), never weights.
+FLOATING = tuple(np.dtype(_DTYPES[name]) for name in ("F16", "BF16", "F32", "F64"))
+FLOATING_NAMES = ", ".join(str(dtype) for dtype in FLOATING)
 
 
 class ConversionError(UserError):
@@ -69,6 +72,11 @@ class InMemoryTensor:
 def as_stored(tensors: Mapping[str, object]) -> dict[str, object]:
   """`tensors` with every plain array wrapped as an `InMemoryTensor`, so all share the `load()` interface."""
   return {k: v if hasattr(v, "load") else InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
+
+
+def is_floating(dtype) -> bool:
+  """Whether a tensor of `dtype` can be a parameter (one of `FLOATING`)."""
+  return np.dtype(dtype) in FLOATING
 
 
 def listing(items: list[str], limit: int = 10) -> str:
@@ -303,9 +311,14 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
   """Apply `rules` to the source `tensors`; returns flat {our path: array}.
 
   expected: our path → shape (from `jax.eval_shape` of the model's init). num_layers: our path prefix of each stack
-  → layer count. dtype: cast to this (None keeps each tensor's stored dtype). ignore: source names (regexes) that
-  are known not to be parameters (e.g. rotary `inv_freq` buffers). Every problem is collected and raised together.
+  → layer count. dtype: cast to this floating dtype (None keeps each tensor's stored dtype; the layers of a stack
+  must then share one). ignore: source names (regexes) that are known not to be parameters (e.g. rotary `inv_freq`
+  buffers). Every source tensor a rule reads must be floating (`FLOATING`): an integer or boolean one is a damaged
+  or mislabelled checkpoint, never cast. Every problem is collected and raised together.
   """
+  cast = None if dtype is None else np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+  if cast is not None and not is_floating(cast):
+    raise ConversionError(f"cannot convert to dtype {cast}: parameters take a floating dtype ({FLOATING_NAMES})")
   problems, out, used = [], {}, set()
   ignore = [re.compile(p) for p in ignore]
   targets = {r.target for r in rules}
@@ -329,9 +342,19 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
     if bad:
       problems.append(f"tensor {bad[0][0]!r} has shape {bad[0][1]}, expected {want} for {rule.target!r}")
       continue
-    target_dtype = tensors[names[0]].dtype if dtype is None else \
-        np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
-    array = np.empty(shape, target_dtype)
+    wrong = [n for n in names if not is_floating(tensors[n].dtype)]
+    if wrong:
+      more = f" (and {len(wrong) - 1} more layers)" if len(wrong) > 1 else ""
+      problems.append(f"tensor {wrong[0]!r} has dtype {np.dtype(tensors[wrong[0]].dtype)}{more}; {rule.target!r} "
+                      f"takes a floating dtype ({FLOATING_NAMES})")
+      continue
+    stored = np.dtype(tensors[names[0]].dtype)
+    other = next((n for n in names if np.dtype(tensors[n].dtype) != stored), None)
+    if cast is None and other is not None:
+      problems.append(f"the layers of {rule.target!r} are stored in different dtypes: {names[0]!r} is {stored}, "
+                      f"{other!r} is {np.dtype(tensors[other].dtype)}; give a dtype (--dtype) to cast them to one")
+      continue
+    array = np.empty(shape, stored if cast is None else cast)
     for i, name in enumerate(names):
       value = _to_ours(tensors[name].load(), rule.kind, per_layer)
       if rule.stacked:
@@ -350,12 +373,20 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
 
 
 def export(params: Mapping[str, np.ndarray], rules: list[Rule]) -> dict[str, np.ndarray]:
-  """The inverse of `convert`: flat {our path: array} → {source name: array in the source layout}."""
+  """The inverse of `convert`: flat {our path: array} → {source name: array in the source layout}. Every parameter
+  must have a rule (none is dropped) and be floating, as `convert` made it; all problems are raised together."""
+  targets = {rule.target for rule in rules}
+  problems = [f"parameter {path!r} has no place in the exported format" for path in params if path not in targets]
   out = {}
   for rule in rules:
     if rule.target not in params:
-      raise ConversionError(f"parameter {rule.target!r} is missing from the checkpoint being exported")
+      problems.append(f"parameter {rule.target!r} is missing from the checkpoint being exported")
+      continue
     array = np.asarray(params[rule.target])
+    if not is_floating(array.dtype):
+      problems.append(f"parameter {rule.target!r} has dtype {array.dtype}; only floating parameters "
+                      f"({FLOATING_NAMES}) are exported")
+      continue
     per_layer = array.shape[1:] if rule.stacked else array.shape
     shape = source_shape(rule.kind, per_layer)
     if rule.stacked:
@@ -363,6 +394,8 @@ def export(params: Mapping[str, np.ndarray], rules: list[Rule]) -> dict[str, np.
         out[rule.source.format(i=i)] = np.ascontiguousarray(_to_source(array[i], rule.kind, shape))
     else:
       out[rule.source] = np.ascontiguousarray(_to_source(array, rule.kind, shape))
+  if problems:
+    raise ConversionError("the checkpoint cannot be exported:\n  " + "\n  ".join(problems))
   return out
 
 

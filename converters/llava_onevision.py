@@ -7,7 +7,7 @@ Three source namings are recognised from the tensor names: transformers on disk 
 writes: `language_model.model.*`), transformers at run time ("hf_runtime": `model.language_model.*`, as in its
 `state_dict()`), and LLaVA-NeXT ("llava_next":
 `model.vision_tower.vision_tower.*`, `model.mm_projector.{0,2}`; the format of UnifiedReward-7b). Layer counts,
-vocabulary size and embedding tying come from the weights.
+vocabulary size and embedding tying come from the weights; every parameter must be stored in a floating dtype.
 
 The destination must be a new or empty folder, or one this converter wrote (which is then replaced whole), and
 neither inside nor around the source. It is written beside itself under a hidden name and renamed into place when

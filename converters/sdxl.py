@@ -6,7 +6,7 @@ diffusers' video UNet (`UNet3DConditionModel`, through the same derived name tab
 
 A pipeline folder (`model_index.json`) becomes a folder of converted components plus its tokenizers and scheduler
 config; a component folder is recognised from its `config.json` (`_class_name` or `architectures`). Every component
-is read and checked before any is converted.
+is read and checked before any is converted; every parameter must be stored in a floating dtype.
 
 The destination (of a conversion or an export) must be a new or empty folder, or one this converter wrote (which
 is then replaced whole), and neither inside nor around the source. It is written beside itself under a hidden name

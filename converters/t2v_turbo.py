@@ -26,7 +26,8 @@ A checkpoint with the UNet, VAE and text encoder becomes a pipeline folder (`mod
 `vae/`, `text_encoder/`, `tokenizer/`), one with only a UNet (VideoDPO's reference files) a UNet folder. Besides
 the three models a latent-diffusion checkpoint holds its noise schedule buffers: `alphas_cumprod` must be
 VideoCrafter2's (scaled-linear 0.00085 → 0.012, the one our sampler and trainer use) and a stored `scale_factor`
-sets the VAE's; every other tensor outside the models is an error naming it.
+sets the VAE's; every other tensor outside the models is an error naming it. Every parameter, LoRA tensor and these
+two buffers must be stored in a floating dtype.
 
 The destination folder must be new, empty, or one this converter wrote (which is then replaced whole), and neither
 inside nor around a source; an exported `.ckpt` must not exist yet. Either is written beside itself under a hidden
@@ -39,6 +40,7 @@ import argparse
 import dataclasses
 import gzip
 import json
+import math
 import re
 import shutil
 import zlib
@@ -138,6 +140,10 @@ def merge_lora(tensors: dict[str, np.ndarray], lora: list[np.ndarray], config: u
   if len(lora) != 2 * len(targets):
     raise ConversionError(f"the LoRA list holds {len(lora)} tensors; this UNet has {len(targets)} LoRA targets, "
                           f"so {2 * len(targets)} are expected (up, down for each)")
+  wrong = [f"{('up', 'down')[i % 2]} tensor {i} (of {targets[i // 2]}) has dtype {np.asarray(t).dtype}"
+           for i, t in enumerate(lora) if not common.is_floating(np.asarray(t).dtype)]
+  if wrong:
+    raise ConversionError(f"LoRA tensors must be floating ({common.FLOATING_NAMES}): {common.listing(wrong)}")
   merged = dict(tensors)
   for index, module in enumerate(targets):
     up, down = (np.asarray(t, np.float32) for t in lora[2 * index:2 * index + 2])
@@ -385,6 +391,11 @@ def _checked_buffers(tensors: Mapping[str, common.StoredTensor], unet_prefixes: 
   if others:
     raise ConversionError(f"unexpected tensors outside the UNet, VAE and text encoder: {others[:10]}"
                           f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}")
+  wrong = [f"{name!r} has dtype {np.dtype(tensors[name].dtype)}" for name in ("alphas_cumprod", "scale_factor")
+           if name in tensors and not common.is_floating(tensors[name].dtype)]
+  if wrong:
+    raise ConversionError(f"the noise schedule's buffers must be floating ({common.FLOATING_NAMES}): "
+                          + ", ".join(wrong))
   if "alphas_cumprod" in tensors:
     schedule = schedulers.VIDEOCRAFTER_SCHEDULER
     ours = schedulers.alphas_cumprod(schedule["num_train_timesteps"], schedule["beta_start"], schedule["beta_end"],
@@ -395,7 +406,10 @@ def _checked_buffers(tensors: Mapping[str, common.StoredTensor], unet_prefixes: 
                             f"{schedule['beta_start']} → {schedule['beta_end']} over 1000 steps), which sampling "
                             "and training here assume")
   if "scale_factor" in tensors:
-    return {"scaling_factor": float(np.asarray(tensors["scale_factor"].load()))}
+    if math.prod(tensors["scale_factor"].shape) != 1:
+      raise ConversionError(f"the checkpoint's 'scale_factor' has shape {tuple(tensors['scale_factor'].shape)}; a "
+                            "single number was expected")
+    return {"scaling_factor": float(np.asarray(tensors["scale_factor"].load()).reshape(()))}
   return {}
 
 

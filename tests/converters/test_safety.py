@@ -1,5 +1,6 @@
 """Nothing lost, nothing silent: converters never write over files they did not make, never into or around their
-source, and leave nothing behind when they fail; damaged files fail naming the file."""
+source, and leave nothing behind when they fail; every tensor's dtype is checked both ways; damaged files fail
+naming the file."""
 
 import hashlib
 import io
@@ -21,6 +22,8 @@ from converters.common import ConversionError
 from tests import tiny_llava as T
 from ureward_jax import errors, outputs
 
+Q_PROJ = "language_model.model.layers.1.self_attn.q_proj.weight"
+
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
@@ -37,6 +40,15 @@ def digest(folder):
 def hidden(folder):
   """The hidden entries of `folder`: a staged write left behind would show here."""
   return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def with_tensors(source, folder, edit):
+  """A copy of `source` at `folder` whose tensors went through `edit` (a function of the {name: array} dict)."""
+  shutil.copytree(source, folder)
+  tensors = load_file(folder / "model.safetensors")
+  edit(tensors)
+  save_file(tensors, str(folder / "model.safetensors"))
+  return folder
 
 
 # --- destinations --------------------------------------------------------------------------------------------
@@ -125,6 +137,50 @@ def test_a_failure_midway_leaves_nothing(source, tmp_path, monkeypatch):
     llava_onevision.export_folder(dst, tmp_path / "back", "hf")
   assert not (tmp_path / "back").exists() and hidden(tmp_path) == []
 
+
+# --- dtypes --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [None, "float32"])
+def test_an_integer_tensor_is_refused_not_cast(source, tmp_path, dtype):
+  def integer(tensors):
+    tensors[Q_PROJ] = tensors[Q_PROJ].astype(np.int64)
+    tensors["image_newline"] = tensors["image_newline"] > 0
+  src = with_tensors(source, tmp_path / "src", integer)
+  with pytest.raises(ConversionError) as failure:
+    llava_onevision.convert_folder(src, tmp_path / "ours", dtype)
+  message = str(failure.value)
+  assert f"tensor {Q_PROJ!r} has dtype int64; 'language_model/layers/self_attn/q_proj/kernel' takes a floating " \
+      "dtype (float16, bfloat16, float32, float64)" in message
+  assert "tensor 'image_newline' has dtype bool; 'image_newline' takes a floating dtype" in message
+  assert not (tmp_path / "ours").exists() and hidden(tmp_path) == []
+
+
+def test_the_layers_of_a_stack_share_one_dtype_unless_cast(source, tmp_path):
+  def mixed(tensors):
+    tensors[Q_PROJ] = tensors[Q_PROJ].astype(np.float16)
+  src = with_tensors(source, tmp_path / "src", mixed)
+  with pytest.raises(ConversionError, match="the layers of 'language_model/layers/self_attn/q_proj/kernel' are "
+                     f"stored in different dtypes: '{Q_PROJ.replace('1', '0', 1)}' is float32, '{Q_PROJ}' is "
+                     "float16; give a dtype"):
+    llava_onevision.convert_folder(src, tmp_path / "ours")
+  llava_onevision.convert_folder(src, tmp_path / "ours", "float32")
+  kernel = ureward_jax.pretrained.load_params(tmp_path / "ours")["language_model"]["layers"]["self_attn"]["q_proj"]
+  assert kernel["kernel"].dtype == np.float32
+
+
+def test_export_refuses_a_parameter_that_is_not_floating(source, tmp_path):
+  llava_onevision.convert_folder(source, tmp_path / "ours")
+  params = ureward_jax.pretrained.load_params(tmp_path / "ours")
+  params["image_newline"] = params["image_newline"].astype(np.int32)
+  config = ureward_jax.pretrained.read_config(tmp_path / "ours")
+  ureward_jax.pretrained.save(tmp_path / "int", config, params)
+  with pytest.raises(ConversionError, match="parameter 'image_newline' has dtype int32; only floating parameters"):
+    llava_onevision.export_folder(tmp_path / "int", tmp_path / "back", "hf")
+  assert not (tmp_path / "back").exists() and hidden(tmp_path) == []
+  flat = {"a/kernel": np.zeros((2, 3), np.float32), "b/bias": np.zeros(3, np.float32)}
+  with pytest.raises(ConversionError, match="parameter 'b/bias' has no place in the exported format"):
+    common.export(flat, [common.Rule("a/kernel", "a.weight", "dense")])
 
 
 # --- damaged files -------------------------------------------------------------------------------------------

@@ -120,6 +120,9 @@ def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
       "no tokenizer file": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "nowhere.gz")], "does not exist"),
       "damaged tokenizer": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "damaged.gz"), *config],
                             "damaged.gz: not a readable merges file"),
+      "integer schedule": ({"state_dict": {**state, "alphas_cumprod": state["alphas_cumprod"].long()}},
+                           ["--tokenizer", tokenizer], "the noise schedule's buffers must be floating .*: "
+                           "'alphas_cumprod' has dtype int64"),
   }
   (tmp_path / "damaged.gz").write_bytes(b"\x1f\x8b" + bytes(20))
   for name, (content, flags, message) in cases.items():
@@ -132,6 +135,19 @@ def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
   with pytest.raises(SystemExit, match=r"missing tensor 'model.diffusion_model.input_blocks.1.0.in_layers.2.bias'"):
     t2v_turbo.main(["--src", str(tmp_path / "dropped.ckpt"), "--config", str(made["root"] / "config.yaml"),
                     "--tokenizer", tokenizer, "--dst", str(tmp_path / "dropped")])
+  weight = t2v_turbo.UNET_PREFIX + "out.2.weight"
+  torch.save({"state_dict": {**state, weight: state[weight].long()}}, tmp_path / "integer.ckpt")
+  with pytest.raises(SystemExit, match=f"tensor '{weight}' has dtype int64; 'out_2/kernel' takes a floating dtype"):
+    t2v_turbo.main(["--src", str(tmp_path / "integer.ckpt"), "--config", str(made["root"] / "config.yaml"),
+                    "--tokenizer", tokenizer, "--dst", str(tmp_path / "integer")])
+  lora = torch.load(made["root"] / "unet_lora.pt")
+  lora[3] = lora[3].long()
+  torch.save(lora, tmp_path / "integer_lora.pt")
+  with pytest.raises(SystemExit, match=r"LoRA tensors must be floating .*: down tensor 3 \(of [\w.]+\) has dtype int64"):
+    t2v_turbo.main(["--src", str(made["root"] / "model.ckpt"), "--lora", str(tmp_path / "integer_lora.pt"),
+                    "--config", str(made["root"] / "config.yaml"), "--tokenizer", tokenizer, "--dst",
+                    str(tmp_path / "integer")])
+  assert not (tmp_path / "integer").exists() and not list(tmp_path.glob(".*"))
   (tmp_path / "old.ckpt").write_bytes(b"\x80\x02not a zip")
   with pytest.raises(ConversionError, match="not a torch zip checkpoint"):
     torch_checkpoint.state_dict(tmp_path / "old.ckpt")
