@@ -2,8 +2,9 @@
 
 A converter is a list of `Rule`s, each mapping one of our parameters (a '/'-joined path) to one source tensor name
 and saying how the layout changes. Stacked (scanned) parameters name their source with `{i}` for the layer index.
-`convert` applies the table and fails on every missing, unexpected or mis-shaped tensor, naming it; `export` is the
-exact inverse, so a round trip is bit-exact.
+`convert` applies the table and fails on every missing, unexpected, mis-shaped or non-floating tensor, naming it;
+`export` is the exact inverse, so a round trip is bit-exact. The readers check a file against itself before any
+tensor is read, so a damaged or truncated checkpoint fails naming the file, never later inside numpy.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from ureward_jax.errors import UserError
 _DTYPES = {"BF16": ml_dtypes.bfloat16, "F16": np.float16, "F32": np.float32, "F64": np.float64,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_}
 _NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+# The dtypes a parameter may have: integer and boolean tensors are buffers (ids, masks, counters), never weights.
+FLOATING = tuple(np.dtype(_DTYPES[name]) for name in ("F16", "BF16", "F32", "F64"))
+FLOATING_NAMES = ", ".join(str(dtype) for dtype in FLOATING)
 
 
 class ConversionError(UserError):
@@ -70,39 +74,137 @@ def as_stored(tensors: Mapping[str, object]) -> dict[str, object]:
   return {k: v if hasattr(v, "load") else InMemoryTensor(np.asarray(v)) for k, v in tensors.items()}
 
 
+def is_floating(dtype) -> bool:
+  """Whether a tensor of `dtype` can be a parameter (one of `FLOATING`)."""
+  return np.dtype(dtype) in FLOATING
 
-def read_safetensors_header(path: Path) -> dict[str, StoredTensor]:
+
+def listing(items: list[str], limit: int = 10) -> str:
+  """The first `limit` of `items` and how many more, for a message that must stay readable."""
+  return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def source_folder(path: str | os.PathLike) -> Path:
+  """`path` as a checkpoint folder to read; a missing path or a file is a ConversionError saying which."""
+  path = Path(path)
+  if path.is_file():
+    raise ConversionError(f"{path} is a file; a checkpoint folder was expected (the folder holding config.json and "
+                          "the weights)")
+  if not path.is_dir():
+    raise ConversionError(f"checkpoint folder {path} does not exist")
+  return path
+
+
+def read_json(path: Path) -> dict:
+  """The JSON object in `path` (a source's config.json, model_index.json, ...); a missing file, invalid JSON or
+  another JSON value is a ConversionError naming the file."""
+  if not path.is_file():
+    raise ConversionError(f"{path.parent} has no {path.name}")
+  try:
+    value = json.loads(path.read_bytes())
+  except ValueError as e:   # JSONDecodeError, and UnicodeDecodeError for bytes that are not text
+    raise ConversionError(f"{path}: not valid JSON ({e})") from None
+  if not isinstance(value, dict):
+    raise ConversionError(f"{path}: holds a JSON {type(value).__name__}, not an object")
+  return value
+
+
+def _sizes(value) -> bool:
+  """Whether a header value is a list of non-negative integers (JSON's true and false are not sizes)."""
+  return isinstance(value, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in value)
+
+
+def _entry_problem(info, data_bytes: int) -> str | None:
+  """What is wrong with one safetensors header entry, given the size of the file's data section; None if nothing."""
+  if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= info.keys():
+    return "the header entry lacks dtype, shape or data_offsets"
+  dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+  if not isinstance(dtype, str) or dtype not in _DTYPES:
+    return f"unsupported dtype {dtype!r} (supported: {', '.join(_DTYPES)})"
+  if not _sizes(shape):
+    return f"shape {shape!r} is not a list of sizes"
+  if not _sizes(offsets) or len(offsets) != 2 or offsets[0] > offsets[1]:
+    return f"data_offsets {offsets!r} is not a [start, end] pair"
+  if offsets[1] > data_bytes:
+    return f"data_offsets {offsets} run past the end of the data ({data_bytes} bytes): the file is truncated"
+  nbytes = math.prod(shape) * np.dtype(_DTYPES[dtype]).itemsize
+  if offsets[1] - offsets[0] != nbytes:
+    return f"data_offsets {offsets} span {offsets[1] - offsets[0]} bytes, but shape {shape} of {dtype} takes {nbytes}"
+  return None
+
+
+def read_safetensors_header(path: str | os.PathLike) -> dict[str, StoredTensor]:
+  """The tensors of one safetensors file, read lazily. The header is checked against the file first (its length,
+  JSON, every entry's dtype, shape and data offsets), so a damaged or truncated file is a ConversionError naming it
+  and the tensor rather than a failure when a tensor is read."""
+  path = Path(path)
   with open(path, "rb") as f:
-    (size,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(size))
-  tensors = {}
+    size = os.fstat(f.fileno()).st_size
+    if size < 8:
+      raise ConversionError(f"{path}: not a safetensors file ({size} bytes, fewer than its 8-byte header length)")
+    (length,) = struct.unpack("<Q", f.read(8))
+    if length > size - 8:
+      raise ConversionError(f"{path}: the header is {length} bytes long, but only {size - 8} follow its length: the "
+                            "file is truncated or not a safetensors file")
+    try:
+      header = json.loads(f.read(length))
+    except ValueError as e:
+      raise ConversionError(f"{path}: the header is not JSON ({e}): the file is damaged or not a safetensors "
+                            "file") from None
+  if not isinstance(header, dict):
+    raise ConversionError(f"{path}: the header is a JSON {type(header).__name__}, not an object")
+  tensors, problems = {}, []
   for name, info in header.items():
     if name == "__metadata__":
       continue
-    if info["dtype"] not in _DTYPES:
-      raise ConversionError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-    start, _ = info["data_offsets"]
-    tensors[name] = StoredTensor(path, 8 + size + start, np.dtype(_DTYPES[info["dtype"]]), tuple(info["shape"]))
+    problem = _entry_problem(info, size - 8 - length)
+    if problem:
+      problems.append(f"tensor {name!r}: {problem}")
+      continue
+    tensors[name] = StoredTensor(path, 8 + length + info["data_offsets"][0], np.dtype(_DTYPES[info["dtype"]]),
+                                 tuple(info["shape"]))
+  if problems:
+    raise ConversionError(f"{path}: damaged safetensors file: {listing(problems)}")
+  return tensors
+
+
+def read_safetensors_files(paths: Iterable[Path]) -> dict[str, StoredTensor]:
+  """The tensors of several safetensors files; a name stored in two of them is an error (which copy would win is
+  an accident of file order)."""
+  tensors, twice = {}, []
+  for path in paths:
+    for name, tensor in read_safetensors_header(path).items():
+      if name in tensors:
+        twice.append(f"{name!r} ({tensors[name].path.name}, {path.name})")
+      tensors[name] = tensor
+  if twice:
+    raise ConversionError(f"tensors stored in more than one file: {listing(twice)}")
   return tensors
 
 
 def open_safetensors(folder: str | os.PathLike) -> dict[str, StoredTensor]:
-  """Every tensor of a checkpoint folder: `model.safetensors`, or the shards of its index, or all `*.safetensors`."""
-  folder = Path(folder)
-  if not folder.is_dir():
-    raise ConversionError(f"checkpoint folder {folder} does not exist")
+  """Every tensor of a checkpoint folder: `model.safetensors`, or the shards of its index, or all `*.safetensors`.
+  An index must say where each tensor is, and its shards must hold what it lists."""
+  folder = source_folder(folder)
   index = folder / "model.safetensors.index.json"
+  weight_map = None
   if index.exists():
-    files = sorted({folder / f for f in json.loads(index.read_text())["weight_map"].values()})
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+      raise ConversionError(f"{index}: no 'weight_map' object of tensor name → shard file name")
+    files = sorted({folder / f for f in weight_map.values()})
   else:
     files = sorted(folder.glob("*.safetensors"))
   if not files:
     raise ConversionError(f"no *.safetensors files in {folder}")
-  tensors = {}
-  for path in files:
-    if not path.exists():
-      raise ConversionError(f"shard {path.name} listed in {index.name} is missing from {folder}")
-    tensors.update(read_safetensors_header(path))
+  missing = [path.name for path in files if not path.is_file()]
+  if missing:
+    raise ConversionError(f"shards {missing} listed in {index.name} are missing from {folder}")
+  tensors = read_safetensors_files(files)
+  if weight_map is not None:
+    elsewhere = [name for name, f in weight_map.items() if name not in tensors or tensors[name].path != folder / f]
+    if elsewhere:
+      raise ConversionError(f"{index}: tensors its shards do not hold where it says: {listing(elsewhere)}")
   return tensors
 
 
@@ -209,9 +311,14 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
   """Apply `rules` to the source `tensors`; returns flat {our path: array}.
 
   expected: our path → shape (from `jax.eval_shape` of the model's init). num_layers: our path prefix of each stack
-  → layer count. dtype: cast to this (None keeps each tensor's stored dtype). ignore: source names (regexes) that
-  are known not to be parameters (e.g. rotary `inv_freq` buffers). Every problem is collected and raised together.
+  → layer count. dtype: cast to this floating dtype (None keeps each tensor's stored dtype; the layers of a stack
+  must then share one). ignore: source names (regexes) that are known not to be parameters (e.g. rotary `inv_freq`
+  buffers). Every source tensor a rule reads must be floating (`FLOATING`): an integer or boolean one is a damaged
+  or mislabelled checkpoint, never cast. Every problem is collected and raised together.
   """
+  cast = None if dtype is None else np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+  if cast is not None and not is_floating(cast):
+    raise ConversionError(f"cannot convert to dtype {cast}: parameters take a floating dtype ({FLOATING_NAMES})")
   problems, out, used = [], {}, set()
   ignore = [re.compile(p) for p in ignore]
   targets = {r.target for r in rules}
@@ -235,9 +342,19 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
     if bad:
       problems.append(f"tensor {bad[0][0]!r} has shape {bad[0][1]}, expected {want} for {rule.target!r}")
       continue
-    target_dtype = tensors[names[0]].dtype if dtype is None else \
-        np.dtype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
-    array = np.empty(shape, target_dtype)
+    wrong = [n for n in names if not is_floating(tensors[n].dtype)]
+    if wrong:
+      more = f" (and {len(wrong) - 1} more layers)" if len(wrong) > 1 else ""
+      problems.append(f"tensor {wrong[0]!r} has dtype {np.dtype(tensors[wrong[0]].dtype)}{more}; {rule.target!r} "
+                      f"takes a floating dtype ({FLOATING_NAMES})")
+      continue
+    stored = np.dtype(tensors[names[0]].dtype)
+    other = next((n for n in names if np.dtype(tensors[n].dtype) != stored), None)
+    if cast is None and other is not None:
+      problems.append(f"the layers of {rule.target!r} are stored in different dtypes: {names[0]!r} is {stored}, "
+                      f"{other!r} is {np.dtype(tensors[other].dtype)}; give a dtype (--dtype) to cast them to one")
+      continue
+    array = np.empty(shape, stored if cast is None else cast)
     for i, name in enumerate(names):
       value = _to_ours(tensors[name].load(), rule.kind, per_layer)
       if rule.stacked:
@@ -256,12 +373,20 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
 
 
 def export(params: Mapping[str, np.ndarray], rules: list[Rule]) -> dict[str, np.ndarray]:
-  """The inverse of `convert`: flat {our path: array} → {source name: array in the source layout}."""
+  """The inverse of `convert`: flat {our path: array} → {source name: array in the source layout}. Every parameter
+  must have a rule (none is dropped) and be floating, as `convert` made it; all problems are raised together."""
+  targets = {rule.target for rule in rules}
+  problems = [f"parameter {path!r} has no place in the exported format" for path in params if path not in targets]
   out = {}
   for rule in rules:
     if rule.target not in params:
-      raise ConversionError(f"parameter {rule.target!r} is missing from the checkpoint being exported")
+      problems.append(f"parameter {rule.target!r} is missing from the checkpoint being exported")
+      continue
     array = np.asarray(params[rule.target])
+    if not is_floating(array.dtype):
+      problems.append(f"parameter {rule.target!r} has dtype {array.dtype}; only floating parameters "
+                      f"({FLOATING_NAMES}) are exported")
+      continue
     per_layer = array.shape[1:] if rule.stacked else array.shape
     shape = source_shape(rule.kind, per_layer)
     if rule.stacked:
@@ -269,6 +394,8 @@ def export(params: Mapping[str, np.ndarray], rules: list[Rule]) -> dict[str, np.
         out[rule.source.format(i=i)] = np.ascontiguousarray(_to_source(array[i], rule.kind, shape))
     else:
       out[rule.source] = np.ascontiguousarray(_to_source(array, rule.kind, shape))
+  if problems:
+    raise ConversionError("the checkpoint cannot be exported:\n  " + "\n  ".join(problems))
   return out
 
 

@@ -7,7 +7,11 @@ Three source namings are recognised from the tensor names: transformers on disk 
 writes: `language_model.model.*`), transformers at run time ("hf_runtime": `model.language_model.*`, as in its
 `state_dict()`), and LLaVA-NeXT ("llava_next":
 `model.vision_tower.vision_tower.*`, `model.mm_projector.{0,2}`; the format of UnifiedReward-7b). Layer counts,
-vocabulary size and embedding tying come from the weights.
+vocabulary size and embedding tying come from the weights; every parameter must be stored in a floating dtype.
+
+The destination must be a new or empty folder, or one this converter wrote (which is then replaced whole), and
+neither inside nor around the source. It is written beside itself under a hidden name and renamed into place when
+complete, so a failed or interrupted run leaves nothing behind and an existing destination as it was.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from converters import common
 from converters.common import ConversionError, Rule
-from ureward_jax import pretrained
+from ureward_jax import errors, outputs, pretrained
 from ureward_jax.errors import UserError
 from ureward_jax.models.llava_onevision import DEFAULT_PINPOINTS, LlavaOnevisionConfig, param_shapes
 from ureward_jax.models.qwen2 import Qwen2Config
@@ -70,6 +74,7 @@ QWEN2_LAYER = [
     ("mlp/down_proj/kernel", "mlp.down_proj.weight", "dense"),
 ]
 
+TOOL = "converters.llava_onevision"   # what the destination's manifest records as its writer
 VISION_STACK, TEXT_STACK = "vision_tower/encoder/layers", "language_model/layers"
 # Buffers that some exports carry and that are not parameters.
 IGNORED = (r"\.rotary_emb\.inv_freq$", r"position_ids$")
@@ -146,6 +151,9 @@ def config_from_source(source: dict, fmt: str, n_vision: int, n_text: int, vocab
     if source.get("vision_feature_layer", -1) != -1 or source.get("vision_feature_select_strategy", "full") != "full":
       raise ConversionError("only vision_feature_layer=-1 with vision_feature_select_strategy='full' is supported "
                             f"(got {source.get('vision_feature_layer')}, {source.get('vision_feature_select_strategy')})")
+    if not isinstance(source.get("text_config"), dict):
+      raise ConversionError("the source config.json has no text_config object (a transformers LLaVA-OneVision "
+                            "config holds the language model's settings there)")
     vision = SiglipVisionConfig.from_dict(source.get("vision_config") or {})
     text = Qwen2Config.from_dict(source["text_config"])
     extra = dict(image_token_id=source.get("image_token_id", source.get("image_token_index", 151646)),
@@ -183,16 +191,13 @@ def config_to_source(config: LlavaOnevisionConfig, fmt: str) -> dict:
 
 
 def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -> LlavaOnevisionConfig:
-  """Convert a transformers or LLaVA-NeXT folder into our checkpoint folder at `dst`."""
-  src = Path(src)
-  if (Path(dst) / pretrained.PARAMS).exists():
-    raise FileExistsError(f"{dst} already holds a converted checkpoint; choose an empty destination")
+  """Convert a transformers or LLaVA-NeXT folder into our checkpoint folder at `dst` (written as the module
+  docstring says: never over files this converter did not write, nothing left by a failure)."""
+  src = common.source_folder(src)
   tensors = common.open_safetensors(src)
   fmt = detect_format(tensors)
   p = FORMATS[fmt]
-  if not (src / "config.json").exists():
-    raise ConversionError(f"{src} has no config.json")
-  source_config = json.loads((src / "config.json").read_text())
+  source_config = common.read_json(src / "config.json")
   prefixed = p["vision"] + "vision_model.embeddings.patch_embedding.weight" in tensors
   vision = p["vision"] + ("vision_model." if prefixed else "")
   n_vision = common.count_layers(tensors, vision + "encoder.layers.{i}.layer_norm1.weight")
@@ -201,12 +206,16 @@ def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None) -
   if embed not in tensors:
     raise ConversionError(f"missing tensor {embed!r}")
   tied = p["head"] not in tensors
-  config = config_from_source(source_config, fmt, n_vision, n_text, tensors[embed].shape[0], tied)
+  try:
+    config = config_from_source(source_config, fmt, n_vision, n_text, tensors[embed].shape[0], tied)
+  except KeyError as e:   # a setting the model needs and the file lacks
+    raise ConversionError(f"{src / 'config.json'}: no {e} entry") from None
   expected = common.flat_shapes(param_shapes(config))
-  flat = common.convert(tensors, rules(fmt, tied, prefixed), expected, {VISION_STACK: n_vision, TEXT_STACK: n_text},
-                        dtype=dtype, ignore=IGNORED)
   source = {"format": fmt, "vision_model_prefix": prefixed}
-  pretrained.save(dst, {**config.to_dict(), "source": source}, common.unflatten(flat), copy_from=src)
+  with outputs.staged_folder(dst, TOOL, [src]) as staging:
+    flat = common.convert(tensors, rules(fmt, tied, prefixed), expected, {VISION_STACK: n_vision, TEXT_STACK: n_text},
+                          dtype=dtype, ignore=IGNORED)
+    pretrained.save(staging, {**config.to_dict(), "source": source}, common.unflatten(flat), copy_from=src)
   return config
 
 
@@ -237,7 +246,8 @@ def resize_vocab(flat: dict, config: LlavaOnevisionConfig, vocab_size: int):
 
 
 def export_folder(src: str | Path, dst: str | Path, fmt: str, vocab_size: int | None = None) -> None:
-  """Write our checkpoint folder `src` back as a `fmt` folder at `dst`, optionally with `vocab_size` rows."""
+  """Write our checkpoint folder `src` back as a `fmt` folder at `dst`, optionally with `vocab_size` rows (`dst`
+  written as the module docstring says)."""
   if fmt not in FORMATS:
     raise UserError(f"unknown export format {fmt!r}; expected one of {list(FORMATS)}")
   raw = pretrained.read_config(src)
@@ -245,21 +255,24 @@ def export_folder(src: str | Path, dst: str | Path, fmt: str, vocab_size: int | 
   config = LlavaOnevisionConfig.from_dict({k: v for k, v in raw.items() if k != "source"})
   # Keep the source's SigLIP naming when writing its own format back; otherwise the naming every version reads.
   prefixed = source.get("vision_model_prefix", True) if source.get("format") == fmt else True
-  flat = common.flatten(pretrained.load_params(src))
-  if vocab_size is not None and vocab_size != config.text.vocab_size:
-    flat, config = resize_vocab(flat, config, vocab_size)
-  tensors = common.export(flat, rules(fmt, config.text.tie_word_embeddings, prefixed))
-  common.save_safetensors(tensors, dst)
-  (Path(dst) / "config.json").write_text(json.dumps(config_to_source(config, fmt), indent=2))
-  for name in pretrained.TOKENIZER_FILES:
-    if (Path(src) / name).exists():
-      (Path(dst) / name).write_bytes((Path(src) / name).read_bytes())
+  with outputs.staged_folder(dst, TOOL, [src]) as staging:
+    flat = common.flatten(pretrained.load_params(src))
+    if vocab_size is not None and vocab_size != config.text.vocab_size:
+      flat, config = resize_vocab(flat, config, vocab_size)
+    tensors = common.export(flat, rules(fmt, config.text.tie_word_embeddings, prefixed))
+    common.save_safetensors(tensors, staging)
+    (staging / "config.json").write_text(json.dumps(config_to_source(config, fmt), indent=2))
+    for name in pretrained.TOKENIZER_FILES:
+      if (Path(src) / name).exists():
+        (staging / name).write_bytes((Path(src) / name).read_bytes())
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+  """The command line; its work runs under `errors.guard` (a user's error: one line, status 1; usage: 2)."""
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--src", required=True, help="source checkpoint folder")
-  parser.add_argument("--dst", required=True, help="destination folder (must not hold a checkpoint yet)")
+  parser.add_argument("--dst", required=True, help="destination folder: new, empty, or one this converter wrote "
+                      "(then replaced); not inside or around --src")
   parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                       help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
   parser.add_argument("--export", choices=list(FORMATS), default=None,
@@ -267,7 +280,8 @@ def main(argv=None):
   parser.add_argument("--vocab-size", type=int, default=None,
                       help="with --export: pad or trim the vocabulary rows (e.g. 152128 for transformers' layout)")
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     if args.export:
       export_folder(args.src, args.dst, args.export, args.vocab_size)
       print(f"exported {args.src} as {args.export} to {args.dst}")
@@ -275,9 +289,8 @@ def main(argv=None):
       config = convert_folder(args.src, args.dst, args.dtype)
       print(f"converted {args.src} → {args.dst}: vision {config.vision.num_hidden_layers} layers, "
             f"text {config.text.num_hidden_layers} layers, vocab {config.text.vocab_size}")
-  except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
-    raise SystemExit(f"error: {e}")
+  return errors.guard(run)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -5,7 +5,13 @@ diffusers' video UNet (`UNet3DConditionModel`, through the same derived name tab
   python -m converters.sdxl --src OUR_DIR --dst OUT_DIR --export diffusers
 
 A pipeline folder (`model_index.json`) becomes a folder of converted components plus its tokenizers and scheduler
-config; a component folder is recognised from its `config.json` (`_class_name` or `architectures`).
+config; a component folder is recognised from its `config.json` (`_class_name` or `architectures`). Every component
+is read and checked before any is converted; every parameter must be stored in a floating dtype.
+
+The destination (of a conversion or an export) must be a new or empty folder, or one this converter wrote (which
+is then replaced whole), and neither inside nor around the source. It is written beside itself under a hidden name
+and renamed into place when complete, so a failed or interrupted run leaves nothing behind and an existing
+destination as it was.
 
 Our parameter paths mirror the source names: a numbered child `down_blocks.1` is the Flax module `down_blocks_1`,
 and a scanned stack `layers` holds `layers.{i}` on a leading axis. So the name table is derived from the model's
@@ -16,6 +22,7 @@ missing, unexpected or mis-shaped tensor.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import shutil
@@ -27,9 +34,10 @@ from tqdm import tqdm
 
 from converters import common
 from converters.common import ConversionError, Rule
-from ureward_jax import pretrained
+from ureward_jax import errors, outputs, pretrained
 from ureward_jax.models import clip_text, unet2d, unet3d, vae
 
+TOOL = "converters.sdxl"   # what the destination's manifest records as its writer
 # Source containers whose children are numbered (`resnets.0`); ours are `resnets_0`.
 INDEXED = ("down_blocks", "up_blocks", "resnets", "attentions", "transformer_blocks", "downsamplers", "upsamplers",
            "to_out", "net", "temp_convs", "temp_attentions", "conv1", "conv2", "conv3", "conv4")
@@ -134,30 +142,47 @@ def open_weights(folder: Path, variant: str | None = None) -> dict[str, common.S
     found = sorted(p.name for p in folder.glob("*.safetensors"))
     raise ConversionError(f"{folder}: no {'plain' if variant is None else variant!r} safetensors weights "
                           f"(found {found or 'none'}); .bin checkpoints must be re-saved as safetensors")
-  tensors = {}
-  for path in files:
-    tensors.update(common.read_safetensors_header(path))
-  return tensors
+  return common.read_safetensors_files(files)
 
 
-def convert_component(src: Path, dst: Path, dtype: str | None = None, variant: str | None = None) -> dict:
-  """Convert one diffusers / transformers component folder; returns our config dict written to `dst`."""
-  if not (src / "config.json").exists():
-    raise ConversionError(f"{src} has no config.json")
-  source_config = json.loads((src / "config.json").read_text())
+@dataclasses.dataclass(frozen=True)
+class Component:
+  """A component folder read as far as it can be without converting: its config and its weights' headers."""
+  source_config: dict
+  class_name: str
+  config: object
+  tensors: dict
+
+  @property
+  def model_type(self) -> str:
+    return COMPONENTS[self.class_name]
+
+
+def read_component(src: Path, variant: str | None = None) -> Component:
+  """A diffusers / transformers component folder's config and weights, checked; its tensors under our names."""
+  source_config = common.read_json(src / "config.json")
   class_name = component_class(source_config, src)
-  model_type, module, config_cls = _module(class_name)
-  fmt = "diffusers" if "_class_name" in source_config else "transformers"
-  config = config_cls.from_dict(source_config)
+  model_type, _, config_cls = _module(class_name)
+  try:
+    config = config_cls.from_dict(source_config)
+  except KeyError as e:   # a setting the model needs and the file lacks
+    raise ConversionError(f"{src / 'config.json'}: no {e} entry") from None
   tensors = open_weights(src, variant)
   if model_type == "clip_text" and not any(n.startswith("text_model.") for n in tensors):
     # transformers 5 saves a plain CLIPTextModel without the `text_model.` prefix that every earlier file has.
     tensors = {n if n.startswith("text_projection.") else "text_model." + n: t for n, t in tensors.items()}
   if model_type == "autoencoder_kl":
     tensors = {_modern_attention_name(n): t for n, t in tensors.items()}
-  params = params_from_tensors(tensors, module.param_shapes(config), dtype=dtype, ignore=IGNORED)
-  ours = {"model_type": model_type, **config.to_dict(),
-          "source": {"format": fmt, "class_name": class_name, "config": source_config}}
+  return Component(source_config, class_name, config, tensors)
+
+
+def write_component(component: Component, dst: Path, dtype: str | None = None) -> dict:
+  """Convert a read component into our checkpoint folder `dst` (new or empty); returns the config written there."""
+  module = MODELS[component.model_type][0]
+  params = params_from_tensors(component.tensors, module.param_shapes(component.config), dtype=dtype, ignore=IGNORED)
+  fmt = "diffusers" if "_class_name" in component.source_config else "transformers"
+  ours = {"model_type": component.model_type, **component.config.to_dict(),
+          "source": {"format": fmt, "class_name": component.class_name, "config": component.source_config}}
   pretrained.save(dst, ours, params)
   return ours
 
@@ -170,40 +195,47 @@ def _modern_attention_name(name: str) -> str:
 
 
 def convert_folder(src: str | Path, dst: str | Path, dtype: str | None = None, variant: str | None = None) -> dict:
-  """Convert a diffusers SDXL pipeline folder (with `model_index.json`) or a single component folder."""
-  src, dst = Path(src), Path(dst)
-  if not src.is_dir():
-    raise ConversionError(f"checkpoint folder {src} does not exist")
+  """Convert a diffusers SDXL pipeline folder (with `model_index.json`) or a single component folder into our folder
+  at `dst` (written as the module docstring says); returns the config written at its top."""
+  src = common.source_folder(src)
   if not (src / "model_index.json").exists():
-    return convert_component(src, dst, dtype, variant)
-  index = json.loads((src / "model_index.json").read_text())
+    component = read_component(src, variant)
+    with outputs.staged_folder(dst, TOOL, [src]) as staging:
+      ours = write_component(component, staging, dtype)
+    return ours
+  index = common.read_json(src / "model_index.json")
   missing = [name for name in PIPELINE_MODELS if not (src / name).is_dir()]
   if missing:
     raise ConversionError(f"{src}: the pipeline folder lacks {missing}")
-  dst.mkdir(parents=True, exist_ok=True)
-  if (dst / pretrained.CONFIG).exists():
-    raise FileExistsError(f"{dst} already holds a converted checkpoint; choose an empty destination")
-  for name in tqdm(PIPELINE_MODELS, desc="components", unit="model"):
-    convert_component(src / name, dst / name, dtype, variant)
-  for name in PIPELINE_FILES:
-    if (src / name).is_dir():
-      shutil.copytree(src / name, dst / name)
-  ours = {"model_type": "sdxl", "components": list(PIPELINE_MODELS),
-          "source": {"format": "diffusers", "config": index}}
-  (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
+  components = {name: read_component(src / name, variant) for name in PIPELINE_MODELS}
+  with outputs.staged_folder(dst, TOOL, [src]) as staging:
+    for name in tqdm(PIPELINE_MODELS, desc="components", unit="model"):
+      write_component(components[name], staging / name, dtype)
+    for name in PIPELINE_FILES:
+      if (src / name).is_dir():
+        shutil.copytree(src / name, staging / name)
+    ours = {"model_type": "sdxl", "components": list(PIPELINE_MODELS),
+            "source": {"format": "diffusers", "config": index}}
+    (staging / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
   return ours
 
 
 def export_folder(src: str | Path, dst: str | Path) -> None:
-  """Write our folder `src` (a pipeline or one component) back in its source library's layout at `dst`."""
-  src, dst = Path(src), Path(dst)
+  """Write our folder `src` (a pipeline or one component) back in its source library's layout at `dst` (written as
+  the module docstring says)."""
+  with outputs.staged_folder(dst, TOOL, [src]) as staging:
+    _export(Path(src), staging)
+
+
+def _export(src: Path, dst: Path) -> None:
+  """`export_folder` into `dst`, a new or empty folder."""
   ours = pretrained.read_config(src)
   if ours.get("model_type") == "sdxl":
     for name in ours["components"]:
-      export_folder(src / name, dst / name)
+      _export(src / name, dst / name)
     for name in PIPELINE_FILES:
       if (src / name).is_dir():
-        shutil.copytree(src / name, dst / name, dirs_exist_ok=True)
+        shutil.copytree(src / name, dst / name)
     (dst / "model_index.json").write_text(json.dumps(ours["source"]["config"], indent=2))
     return
   source = ours.get("source") or {}
@@ -225,28 +257,30 @@ def export_folder(src: str | Path, dst: str | Path) -> None:
   (dst / "config.json").write_text(json.dumps(source["config"], indent=2))
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+  """The command line; its work runs under `errors.guard` (a user's error: one line, status 1; usage: 2)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--src", required=True, help="a diffusers SDXL pipeline folder, or one of its component "
                       "folders (unet/, vae/, text_encoder/, text_encoder_2/); with --export, our folder")
-  parser.add_argument("--dst", required=True, help="destination folder (must not hold a checkpoint yet)")
+  parser.add_argument("--dst", required=True, help="destination folder: new, empty, or one this converter wrote "
+                      "(then replaced); not inside or around --src")
   parser.add_argument("--dtype", choices=["bfloat16", "float32"], default=None,
                       help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
   parser.add_argument("--variant", default=None, help="read the weights of this variant, e.g. fp16")
   parser.add_argument("--export", choices=["diffusers"], default=None,
                       help="write our folder at --src back as diffusers/transformers folders")
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     if args.export:
       export_folder(args.src, args.dst)
       print(f"exported {args.src} to {args.dst}")
     else:
       ours = convert_folder(args.src, args.dst, args.dtype, args.variant)
       print(f"converted {args.src} → {args.dst} ({ours['model_type']})")
-  except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
-    raise SystemExit(f"error: {e}")
+  return errors.guard(run)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

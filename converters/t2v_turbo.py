@@ -26,7 +26,12 @@ A checkpoint with the UNet, VAE and text encoder becomes a pipeline folder (`mod
 `vae/`, `text_encoder/`, `tokenizer/`), one with only a UNet (VideoDPO's reference files) a UNet folder. Besides
 the three models a latent-diffusion checkpoint holds its noise schedule buffers: `alphas_cumprod` must be
 VideoCrafter2's (scaled-linear 0.00085 → 0.012, the one our sampler and trainer use) and a stored `scale_factor`
-sets the VAE's; every other tensor outside the models is an error naming it.
+sets the VAE's; every other tensor outside the models is an error naming it. Every parameter, LoRA tensor and these
+two buffers must be stored in a floating dtype.
+
+The destination folder must be new, empty, or one this converter wrote (which is then replaced whole), and neither
+inside nor around a source; an exported `.ckpt` must not exist yet. Either is written beside itself under a hidden
+name and renamed into place when complete, so a failed or interrupted run leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ import argparse
 import dataclasses
 import gzip
 import json
+import math
 import re
 import shutil
+import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -46,10 +53,11 @@ from tqdm import tqdm
 
 from converters import common, sdxl, torch_checkpoint
 from converters.common import ConversionError
-from ureward_jax import pretrained
+from ureward_jax import errors, outputs, pretrained
 from ureward_jax.models import clip_text, unet3d, vae
 from ureward_jax.pipelines import schedulers
 
+TOOL = "converters.t2v_turbo"   # what the destination's manifest records as its writer
 UNET_PREFIX = "model.diffusion_model."
 REFERENCE_UNET_PREFIX = "ref_model.diffusion_model."   # VideoDPO's frozen reference
 VAE_PREFIX = "first_stage_model."
@@ -132,6 +140,10 @@ def merge_lora(tensors: dict[str, np.ndarray], lora: list[np.ndarray], config: u
   if len(lora) != 2 * len(targets):
     raise ConversionError(f"the LoRA list holds {len(lora)} tensors; this UNet has {len(targets)} LoRA targets, "
                           f"so {2 * len(targets)} are expected (up, down for each)")
+  wrong = [f"{('up', 'down')[i % 2]} tensor {i} (of {targets[i // 2]}) has dtype {np.asarray(t).dtype}"
+           for i, t in enumerate(lora) if not common.is_floating(np.asarray(t).dtype)]
+  if wrong:
+    raise ConversionError(f"LoRA tensors must be floating ({common.FLOATING_NAMES}): {common.listing(wrong)}")
   merged = dict(tensors)
   for index, module in enumerate(targets):
     up, down = (np.asarray(t, np.float32) for t in lora[2 * index:2 * index + 2])
@@ -344,8 +356,11 @@ def write_tokenizer(src: str | Path, dst: str | Path) -> Path:
       shutil.copy(src / name, dst / name)
   elif src.is_file():
     opener = gzip.open if src.suffix == ".gz" else open
-    with opener(src, "rt", encoding="utf-8") as f:
-      lines = f.read().split("\n")
+    try:
+      with opener(src, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    except (gzip.BadGzipFile, EOFError, zlib.error, UnicodeDecodeError) as e:
+      raise ConversionError(f"{src}: not a readable merges file ({e})") from None
     merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1] if line.strip()]
     if not merges or any(len(m) != 2 for m in merges):
       raise ConversionError(f"{src}: not an OpenCLIP BPE merges file (a header line, then one 'a b' pair per line)")
@@ -376,6 +391,11 @@ def _checked_buffers(tensors: Mapping[str, common.StoredTensor], unet_prefixes: 
   if others:
     raise ConversionError(f"unexpected tensors outside the UNet, VAE and text encoder: {others[:10]}"
                           f"{f' and {len(others) - 10} more' if len(others) > 10 else ''}")
+  wrong = [f"{name!r} has dtype {np.dtype(tensors[name].dtype)}" for name in ("alphas_cumprod", "scale_factor")
+           if name in tensors and not common.is_floating(tensors[name].dtype)]
+  if wrong:
+    raise ConversionError(f"the noise schedule's buffers must be floating ({common.FLOATING_NAMES}): "
+                          + ", ".join(wrong))
   if "alphas_cumprod" in tensors:
     schedule = schedulers.VIDEOCRAFTER_SCHEDULER
     ours = schedulers.alphas_cumprod(schedule["num_train_timesteps"], schedule["beta_start"], schedule["beta_end"],
@@ -386,7 +406,10 @@ def _checked_buffers(tensors: Mapping[str, common.StoredTensor], unet_prefixes: 
                             f"{schedule['beta_start']} → {schedule['beta_end']} over 1000 steps), which sampling "
                             "and training here assume")
   if "scale_factor" in tensors:
-    return {"scaling_factor": float(np.asarray(tensors["scale_factor"].load()))}
+    if math.prod(tensors["scale_factor"].shape) != 1:
+      raise ConversionError(f"the checkpoint's 'scale_factor' has shape {tuple(tensors['scale_factor'].shape)}; a "
+                            "single number was expected")
+    return {"scaling_factor": float(np.asarray(tensors["scale_factor"].load()).reshape(()))}
   return {}
 
 
@@ -397,11 +420,10 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
 
   lora: T2V-Turbo's `unet_lora.pt`, merged into the UNet with `lora_scale`. config: a VideoCrafter2 / T2V-Turbo
   yaml whose `model.params.unet_config.params` fixes the UNet's layout. reference: take the UNet stored as
-  `ref_model.diffusion_model.*` where a file holds both (with only one of them it is found either way).
+  `ref_model.diffusion_model.*` where a file holds both (with only one of them it is found either way). `dst` is
+  written as the module docstring says.
   """
-  src, dst = Path(src), Path(dst)
-  if (dst / pretrained.CONFIG).exists():
-    raise FileExistsError(f"{dst} already holds a converted checkpoint; choose an empty destination")
+  src = Path(src)
   tensors = torch_checkpoint.state_dict(src)
   present = [p for p in (UNET_PREFIX, REFERENCE_UNET_PREFIX) if any(n.startswith(p) for n in tensors)]
   if not present:
@@ -422,48 +444,55 @@ def convert_checkpoint(src: str | Path, dst: str | Path, tokenizer: str | Path |
   vae_settings = _checked_buffers(tensors, tuple(present))
   yaml_params = None
   if config is not None:
-    document = yaml.safe_load(Path(config).read_text())
+    try:
+      document = yaml.safe_load(Path(config).read_text())
+    except yaml.YAMLError as e:
+      raise ConversionError(f"{config}: not valid YAML ({e})") from None
     try:
       yaml_params = document["model"]["params"]["unet_config"]["params"]
     except (KeyError, TypeError):
       raise ConversionError(f"{config}: no model.params.unet_config.params mapping") from None
   cfg = unet_config(tensors, prefix, yaml_params, with_lora=lora is not None)
+  weights = None
+  if lora is not None:
+    weights = torch_checkpoint.load(lora)
+    if not isinstance(weights, (list, tuple)) or not all(hasattr(w, "load") for w in weights):
+      raise ConversionError(f"{lora}: not a T2V-Turbo LoRA file (a list of up, down tensors)")
   source = {"format": "latent-diffusion", "checkpoint": src.name, "unet_prefix": prefix,
             "lora": None if lora is None else Path(lora).name, "lora_scale": lora_scale}
+  sources = [path for path in (src, tokenizer, lora, config) if path is not None]
 
-  with tqdm(total=3 if has_vae else 1, desc="components", unit="model") as steps:
+  with outputs.staged_folder(dst, TOOL, sources) as staging, \
+      tqdm(total=3 if has_vae else 1, desc="components", unit="model") as steps:
+    if has_text:   # first: the one input read whole, so that a damaged one fails before the models convert
+      write_tokenizer(tokenizer, staging / "tokenizer")
     unet_tensors = {n: t for n, t in tensors.items() if n.startswith(prefix)}
-    if lora is not None:
-      weights = torch_checkpoint.load(lora)
-      if not isinstance(weights, (list, tuple)) or not all(hasattr(w, "load") for w in weights):
-        raise ConversionError(f"{lora}: not a T2V-Turbo LoRA file (a list of up, down tensors)")
+    if weights is not None:
       unet_tensors = merge_lora({n: t.load() for n, t in unet_tensors.items()}, [w.load() for w in weights], cfg,
                                 prefix, lora_scale)
-    unet_folder = dst / "unet" if has_vae else dst
-    unet = {"model_type": "videocrafter_unet", **cfg.to_dict(), "source": source}
-    pretrained.save(unet_folder, unet, unet_params(unet_tensors, cfg, prefix, dtype))
+    ours = {"model_type": "videocrafter_unet", **cfg.to_dict(), "source": source}
+    pretrained.save(staging / "unet" if has_vae else staging, ours, unet_params(unet_tensors, cfg, prefix, dtype))
     steps.update()
-    if not has_vae:
-      return unet
-    vae_config = ldm_vae_config(tensors, **vae_settings)
-    pretrained.save(dst / "vae", {"model_type": "autoencoder_kl", **vae_config.to_dict()},
-                    vae_params(tensors, vae_config, dtype=dtype))
-    steps.update()
-    text_config, text_params = openclip_text_params({n: t for n, t in tensors.items() if n.startswith(TEXT_PREFIX)},
-                                                    TEXT_PREFIX, dtype)
-    pretrained.save(dst / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
-    steps.update()
-  write_tokenizer(tokenizer, dst / "tokenizer")
-  ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "source": source}
-  (dst / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
-  (dst / pretrained.SCHEDULER).parent.mkdir(exist_ok=True)
-  (dst / pretrained.SCHEDULER).write_text(json.dumps(schedulers.VIDEOCRAFTER_SCHEDULER, indent=2))
+    if has_vae:
+      vae_config = ldm_vae_config(tensors, **vae_settings)
+      pretrained.save(staging / "vae", {"model_type": "autoencoder_kl", **vae_config.to_dict()},
+                      vae_params(tensors, vae_config, dtype=dtype))
+      steps.update()
+      text_config, text_params = openclip_text_params(
+          {n: t for n, t in tensors.items() if n.startswith(TEXT_PREFIX)}, TEXT_PREFIX, dtype)
+      pretrained.save(staging / "text_encoder", {"model_type": "clip_text", **text_config.to_dict()}, text_params)
+      steps.update()
+      ours = {"model_type": "t2v_turbo", "components": list(PIPELINE_MODELS), "source": source}
+      (staging / pretrained.CONFIG).write_text(json.dumps(ours, indent=2))
+      (staging / pretrained.SCHEDULER).parent.mkdir()
+      (staging / pretrained.SCHEDULER).write_text(json.dumps(schedulers.VIDEOCRAFTER_SCHEDULER, indent=2))
   return ours
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> None:
   """Write our folder `src` (a pipeline or a UNet) back as a latent-diffusion checkpoint file `dst`, under the
-  names it came with (a merged LoRA stays merged). Needs torch."""
+  names it came with (a merged LoRA stays merged). Needs torch. `dst` must not exist; it is written under a hidden
+  name beside it and renamed into place when complete."""
   src = Path(src)
   ours = pretrained.read_config(src)
   kind = ours.get("model_type")
@@ -473,21 +502,25 @@ def export_checkpoint(src: str | Path, dst: str | Path) -> None:
   unet = pretrained.read_config(unet_folder)
   prefix = (unet.get("source") or {}).get("unet_prefix", UNET_PREFIX)
   cfg = unet3d.VideoCrafterUNetConfig.from_dict(unet)
-  tensors = export_unet(pretrained.load_params(unet_folder), cfg, prefix)
-  if kind == "t2v_turbo":
-    vae_config = vae.AutoencoderKLConfig.from_dict(pretrained.read_config(src / "vae"))
-    tensors |= export_vae(pretrained.load_params(src / "vae"), vae_config)
-    text_config = clip_text.CLIPTextConfig.from_dict(pretrained.read_config(src / "text_encoder"))
-    tensors |= export_openclip_text(pretrained.load_params(src / "text_encoder"), text_config, TEXT_PREFIX)
-  torch_checkpoint.save(tensors, dst)
+  with outputs.staged_file(dst, [src]) as partial:
+    tensors = export_unet(pretrained.load_params(unet_folder), cfg, prefix)
+    if kind == "t2v_turbo":
+      vae_config = vae.AutoencoderKLConfig.from_dict(pretrained.read_config(src / "vae"))
+      tensors |= export_vae(pretrained.load_params(src / "vae"), vae_config)
+      text_config = clip_text.CLIPTextConfig.from_dict(pretrained.read_config(src / "text_encoder"))
+      tensors |= export_openclip_text(pretrained.load_params(src / "text_encoder"), text_config, TEXT_PREFIX)
+    torch_checkpoint.save(tensors, partial)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
+  """The command line; its work runs under `errors.guard` (a user's error: one line, status 1; usage: 2)."""
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--src", required=True, help="a VideoCrafter2 / T2V-Turbo .ckpt (Lightning, DeepSpeed or plain "
                       "state dict); with --export, our folder")
-  parser.add_argument("--dst", required=True, help="destination folder (with --export: the .ckpt file to write)")
+  parser.add_argument("--dst", required=True, help="destination folder: new, empty, or one this converter wrote "
+                      "(then replaced), not inside or around a source; with --export, a .ckpt file that does not "
+                      "exist yet")
   parser.add_argument("--tokenizer", default=None, help="open_clip's bpe_simple_vocab_16e6.txt.gz, or a CLIP "
                       "tokenizer folder with vocab.json and merges.txt (needed for a pipeline)")
   parser.add_argument("--lora", default=None, help="T2V-Turbo's unet_lora.pt, merged into the UNet")
@@ -499,7 +532,8 @@ def main(argv=None):
                       help="cast every tensor to this dtype (default: keep each tensor's stored dtype)")
   parser.add_argument("--export", action="store_true", help="write our folder at --src back as a .ckpt (needs torch)")
   args = parser.parse_args(argv)
-  try:
+
+  def run():
     if args.export:
       export_checkpoint(args.src, args.dst)
       print(f"exported {args.src} to {args.dst}")
@@ -507,9 +541,8 @@ def main(argv=None):
       ours = convert_checkpoint(args.src, args.dst, args.tokenizer, args.lora, args.lora_scale, args.config,
                                 args.reference, args.dtype)
       print(f"converted {args.src} → {args.dst} ({ours['model_type']})")
-  except (ConversionError, ValueError, FileNotFoundError, FileExistsError) as e:
-    raise SystemExit(f"error: {e}")
+  return errors.guard(run)
 
 
 if __name__ == "__main__":
-  main()
+  raise SystemExit(main())

@@ -4,7 +4,9 @@ A torch zip holds `<archive>/data.pkl`, a pickle whose tensors point at storages
 `<archive>/data/<key>`. This unpickler resolves only what tensors need (storage types, `_rebuild_tensor_v2`,
 `_rebuild_parameter`, `OrderedDict`); any other class a file names (a Lightning checkpoint's hyper-parameters,
 callbacks, optimiser) becomes an inert placeholder, so reading never runs code from the file. A contiguous tensor
-becomes a `common.StoredTensor` (memory-mapped on `load()`); a strided view is copied out when read here.
+becomes a `common.StoredTensor` (memory-mapped on `load()`); a strided view is copied out when read here. Every
+tensor must lie within its storage, and a file that is not a zip, a damaged archive or a pickle that does not load
+is a ConversionError naming the file.
 """
 
 from __future__ import annotations
@@ -80,9 +82,10 @@ class _Unpickler(pickle.Unpickler):
     return _stand_in(module, name)
 
   def persistent_load(self, pid):
-    kind, dtype, key, _location, _numel = pid
-    if kind != "storage":
-      raise ConversionError(f"{self.reader.path}: unsupported persistent object {kind!r}")
+    if not isinstance(pid, tuple) or len(pid) != 5 or pid[0] != "storage":
+      raise ConversionError(f"{self.reader.path}: unsupported persistent object {pid!r} (a torch storage is "
+                            "('storage', type, key, location, size))")
+    _, dtype, key, _location, _numel = pid
     return _Storage(self.reader.member(f"data/{key}"), np.dtype(dtype))
 
 
@@ -104,6 +107,12 @@ class _ZipReader:
   def tensor(self, storage: _Storage, offset: int, shape, stride, *_):
     shape, stride = tuple(shape), tuple(stride)
     info = storage.member
+    # The last element a view reaches must lie inside its storage: past it are other members' bytes, or the end.
+    size = info.file_size // storage.dtype.itemsize
+    if offset < 0 or len(shape) != len(stride) or min(shape + stride, default=0) < 0 or \
+        (0 not in shape and offset + sum((n - 1) * s for n, s in zip(shape, stride)) >= size):
+      raise ConversionError(f"{self.path}: a tensor of shape {shape} (stride {stride}, offset {offset}) does not fit "
+                            f"its storage {info.filename!r} of {size} elements")
     contiguous = stride == tuple(int(np.prod(shape[i + 1:])) for i in range(len(shape)))
     if info.compress_type == zipfile.ZIP_STORED and (contiguous or not shape):
       return common.StoredTensor(self.path, self._data_start(info) + offset * storage.dtype.itemsize, storage.dtype,
@@ -116,23 +125,33 @@ class _ZipReader:
     with open(self.path, "rb") as f:
       f.seek(info.header_offset)
       signature, name_length, extra_length = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
-    if signature != b"PK\x03\x04":
+      end = f.seek(0, 2)
+    start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    if signature != b"PK\x03\x04" or start + info.file_size > end:
       raise ConversionError(f"{self.path}: corrupt zip entry {info.filename!r}")
-    return info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+    return start
 
 
 def load(path: str | Path):
   """The object `torch.save` wrote to `path`, with every tensor a lazy `StoredTensor` (or `InMemoryTensor`)."""
   path = Path(path)
+  if path.is_dir():
+    raise ConversionError(f"{path} is a folder; a checkpoint file (.ckpt, .pt) was expected")
   if not path.is_file():
     raise ConversionError(f"checkpoint file {path} does not exist")
   if not zipfile.is_zipfile(path):
-    raise ConversionError(f"{path}: not a torch zip checkpoint (files written by torch < 1.6 must be re-saved with "
-                          "a newer torch first)")
-  with zipfile.ZipFile(path) as archive:
-    reader = _ZipReader(path, archive)
-    with archive.open(reader.root + "data.pkl") as f:
-      return _Unpickler(f, reader).load()
+    raise ConversionError(f"{path}: not a torch zip checkpoint, or a truncated one (files written by torch < 1.6 "
+                          "must be re-saved with a newer torch first)")
+  with open(path, "rb") as file:
+    try:
+      with zipfile.ZipFile(file) as archive:
+        reader = _ZipReader(path, archive)
+        with archive.open(reader.root + "data.pkl") as f:
+          return _Unpickler(f, reader).load()
+    except ConversionError:
+      raise
+    except Exception as e:   # noqa: BLE001 — the unpickler calls only this module's code: any failure is the file's
+      raise ConversionError(f"{path}: a damaged torch checkpoint ({type(e).__name__}: {e})") from None
 
 
 def state_dict(path: str | Path) -> dict:

@@ -2,7 +2,7 @@
 tower, schedule buffers, a pickled settings object) plus a T2V-Turbo LoRA list are converted by the command line,
 loaded, and the pipeline's video equals the PyTorch re-statements driven by the published LCM step (fp32, every
 parameter perturbed); the tokenizer equals open_clip's; export writes back every tensor bit for bit; bad files
-fail naming what is wrong."""
+fail naming what is wrong; neither direction writes over what it did not make or leaves a partial result."""
 
 import json
 
@@ -109,6 +109,7 @@ def test_a_reference_unet_file_becomes_a_unet_folder(made, tmp_path):
 
 def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
   state, tokenizer = made["state"], str(made["root"] / "bpe.txt.gz")
+  config = ["--config", str(made["root"] / "config.yaml")]
   cases = {
       "no tokenizer": ({"state_dict": state}, [], "needs its tokenizer"),
       "stray tensor": ({"state_dict": {**state, "model_ema.decay": torch.tensor(0.9)}}, ["--tokenizer", tokenizer],
@@ -117,19 +118,66 @@ def test_bad_checkpoints_fail_naming_the_problem(made, tmp_path):
                          ["--tokenizer", tokenizer], "noise schedule 'alphas_cumprod' is not VideoCrafter2's"),
       "no reference": ({"state_dict": state}, ["--reference"], "does not hold"),
       "no tokenizer file": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "nowhere.gz")], "does not exist"),
+      "damaged tokenizer": ({"state_dict": state}, ["--tokenizer", str(tmp_path / "damaged.gz"), *config],
+                            "damaged.gz: not a readable merges file"),
+      "integer schedule": ({"state_dict": {**state, "alphas_cumprod": state["alphas_cumprod"].long()}},
+                           ["--tokenizer", tokenizer], "the noise schedule's buffers must be floating .*: "
+                           "'alphas_cumprod' has dtype int64"),
   }
+  (tmp_path / "damaged.gz").write_bytes(b"\x1f\x8b" + bytes(20))
   for name, (content, flags, message) in cases.items():
     torch.save(content, tmp_path / "bad.ckpt")
     with pytest.raises(SystemExit, match=message):
       t2v_turbo.main(["--src", str(tmp_path / "bad.ckpt"), "--dst", str(tmp_path / name), *flags])
+    assert not (tmp_path / name).exists() and not list(tmp_path.glob(".*")), name
   dropped = {k: v for k, v in state.items() if not k.endswith("input_blocks.1.0.in_layers.2.bias")}
   torch.save({"state_dict": dropped}, tmp_path / "dropped.ckpt")
   with pytest.raises(SystemExit, match=r"missing tensor 'model.diffusion_model.input_blocks.1.0.in_layers.2.bias'"):
     t2v_turbo.main(["--src", str(tmp_path / "dropped.ckpt"), "--config", str(made["root"] / "config.yaml"),
                     "--tokenizer", tokenizer, "--dst", str(tmp_path / "dropped")])
+  weight = t2v_turbo.UNET_PREFIX + "out.2.weight"
+  torch.save({"state_dict": {**state, weight: state[weight].long()}}, tmp_path / "integer.ckpt")
+  with pytest.raises(SystemExit, match=f"tensor '{weight}' has dtype int64; 'out_2/kernel' takes a floating dtype"):
+    t2v_turbo.main(["--src", str(tmp_path / "integer.ckpt"), "--config", str(made["root"] / "config.yaml"),
+                    "--tokenizer", tokenizer, "--dst", str(tmp_path / "integer")])
+  lora = torch.load(made["root"] / "unet_lora.pt")
+  lora[3] = lora[3].long()
+  torch.save(lora, tmp_path / "integer_lora.pt")
+  with pytest.raises(SystemExit, match=r"LoRA tensors must be floating .*: down tensor 3 \(of [\w.]+\) has dtype int64"):
+    t2v_turbo.main(["--src", str(made["root"] / "model.ckpt"), "--lora", str(tmp_path / "integer_lora.pt"),
+                    "--config", str(made["root"] / "config.yaml"), "--tokenizer", tokenizer, "--dst",
+                    str(tmp_path / "integer")])
+  assert not (tmp_path / "integer").exists() and not list(tmp_path.glob(".*"))
   (tmp_path / "old.ckpt").write_bytes(b"\x80\x02not a zip")
   with pytest.raises(ConversionError, match="not a torch zip checkpoint"):
     torch_checkpoint.state_dict(tmp_path / "old.ckpt")
+
+
+def test_destinations_are_never_written_over_nor_left_partial(made, tmp_path, monkeypatch):
+  """A folder of the user's, the source itself, an existing .ckpt: refused and untouched. An export that fails
+  leaves no file, the hidden partial one included."""
+  root = made["root"]
+  flags = ["--tokenizer", str(root / "bpe.txt.gz"), "--config", str(root / "config.yaml")]
+  mine = tmp_path / "mine"
+  mine.mkdir()
+  (mine / "notes.txt").write_text("mine")
+  with pytest.raises(SystemExit, match=r"already holds files this project did not write \(notes.txt\)"):
+    t2v_turbo.main(["--src", str(root / "model.ckpt"), *flags, "--dst", str(mine)])
+  with pytest.raises(SystemExit, match="is inside the source"):   # --src and --dst swapped
+    t2v_turbo.main(["--src", str(root / "model.ckpt"), *flags, "--dst", str(root / "model.ckpt")])
+  (tmp_path / "merged.ckpt").write_bytes(b"mine")
+  with pytest.raises(SystemExit, match="merged.ckpt already exists"):
+    t2v_turbo.main(["--export", "--src", str(made["folder"]), "--dst", str(tmp_path / "merged.ckpt")])
+  assert (mine / "notes.txt").read_text() == "mine" and (tmp_path / "merged.ckpt").read_bytes() == b"mine"
+
+  def save_then_fail(tensors, path):
+    path.write_bytes(b"half a checkpoint")
+    raise RuntimeError("disk pulled out")
+
+  monkeypatch.setattr(torch_checkpoint, "save", save_then_fail)
+  with pytest.raises(RuntimeError, match="disk pulled out"):
+    t2v_turbo.export_checkpoint(made["folder"], tmp_path / "back.ckpt")
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.ckpt", "mine"]
 
 
 def test_generate_writes_videos_and_candidates(made, tmp_path):
