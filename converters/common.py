@@ -368,7 +368,7 @@ def convert(tensors: Mapping[str, StoredTensor], rules: list[Rule], expected: Ma
     problems.append(f"unexpected tensors in the checkpoint: {unexpected[:10]}"
                     + (f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""))
   if problems:
-    raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    raise ConversionError("checkpoint does not match the model: " + "; ".join(problems))
   return out
 
 
@@ -395,7 +395,7 @@ def export(params: Mapping[str, np.ndarray], rules: list[Rule]) -> dict[str, np.
     else:
       out[rule.source] = np.ascontiguousarray(_to_source(array, rule.kind, shape))
   if problems:
-    raise ConversionError("the checkpoint cannot be exported:\n  " + "\n  ".join(problems))
+    raise ConversionError("the checkpoint cannot be exported: " + "; ".join(problems))
   return out
 
 

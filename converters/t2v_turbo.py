@@ -197,7 +197,7 @@ def vae_params(tensors: Mapping[str, common.StoredTensor | np.ndarray], config: 
   try:
     return sdxl.params_from_tensors(renamed, vae.param_shapes(config), dtype=dtype)
   except ConversionError as e:
-    raise ConversionError(f"{e}\n(names in diffusers' VAE layout, under {prefix!r})") from None
+    raise ConversionError(f"{e} (names in diffusers' VAE layout, under {prefix!r})") from None
 
 
 def ldm_vae_config(tensors: Mapping[str, common.StoredTensor], prefix: str = VAE_PREFIX,

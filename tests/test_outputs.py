@@ -57,6 +57,10 @@ def test_a_failed_write_leaves_the_destination_as_it_was(tmp_path, error):
       raise error
   assert (tmp_path / "out" / "a.txt").read_text() == "first"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+  with pytest.raises(error):   # the folders it made for a destination in a new place are taken back too
+    with staged_folder(tmp_path / "new" / "deeper" / "out", "tool"):
+      raise error
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_a_file_is_written_whole_and_never_over_another(tmp_path):
@@ -69,6 +73,9 @@ def test_a_file_is_written_whole_and_never_over_another(tmp_path):
   with pytest.raises(RuntimeError):
     with staged_file(tmp_path / "other.ckpt") as partial:
       partial.write_bytes(b"half")
+      raise RuntimeError
+  with pytest.raises(RuntimeError):
+    with staged_file(tmp_path / "new" / "other.ckpt"):
       raise RuntimeError
   assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]
 

@@ -66,7 +66,7 @@ def guard(main: Callable[[], int | None]) -> int:
     message = describe(e)
     if message is None:
       raise
-    raise SystemExit(f"error: {message}") from None
+    raise SystemExit("error: " + " ".join(line.strip() for line in message.splitlines())) from None   # one line
 
 
 def interrupted() -> NoReturn:

@@ -79,7 +79,7 @@ def staged_folder(dst: str | os.PathLike, tool: str, sources: Iterable[str | os.
   """Yield an empty hidden sibling of `dst` to write into; when the block completes it replaces `dst` (checked as
   `check_destination` does), and when it fails or is interrupted it is removed and `dst` is left untouched."""
   dst = check_destination(dst, tool, sources)
-  dst.parent.mkdir(parents=True, exist_ok=True)
+  made = _make_parents(dst)
   staging = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
   try:
     yield staging
@@ -93,6 +93,7 @@ def staged_folder(dst: str | os.PathLike, tool: str, sources: Iterable[str | os.
       os.replace(staging, dst)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+    _remove_if_empty(made)
 
 
 @contextlib.contextmanager
@@ -103,7 +104,7 @@ def staged_file(dst: str | os.PathLike, sources: Iterable[str | os.PathLike] = (
   _overlap(dst, sources)
   if dst.exists():
     raise UserError(f"{dst} already exists; remove it or choose another file name")
-  dst.parent.mkdir(parents=True, exist_ok=True)
+  made = _make_parents(dst)
   handle, name = tempfile.mkstemp(prefix=f".{dst.name}.partial-", dir=dst.parent)
   os.close(handle)
   try:
@@ -112,6 +113,23 @@ def staged_file(dst: str | os.PathLike, sources: Iterable[str | os.PathLike] = (
   finally:
     if os.path.exists(name):
       os.remove(name)
+    _remove_if_empty(made)
+
+
+def _make_parents(dst: Path) -> list[Path]:
+  """Create the missing folders above `dst`; returns them, nearest first."""
+  missing = [parent for parent in dst.parents if not parent.exists()]
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+  """Remove `folders` (nearest first) while they are empty: what a failed write created, it takes back."""
+  for folder in folders:
+    try:
+      folder.rmdir()
+    except OSError:   # not empty (the write succeeded) or already gone
+      return
 
 
 def claim_folder(dst: str | os.PathLike, tool: str, entries: Iterable[str],
