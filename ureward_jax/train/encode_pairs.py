@@ -34,7 +34,7 @@ def encode(config: ml_collections.ConfigDict) -> str:
   if not folder:
     raise UserError("set --config.data.encoded: the folder the encoded pairs go to")
   if jax.process_count() > 1:
-    raise NotImplementedError("the encoding pass runs on one host; run it there, then train on any number")
+    raise UserError("the encoding pass runs on one host; run it there, then train on any number")
   mesh = parallel.make_mesh(**config.mesh)
   task = DiffusionDPO(config, mesh)
   records, data, chunk = task.records, task.data_config(), task.micro

@@ -164,8 +164,8 @@ class VlmDPO(RewardSFT):
                         f"{len(records)}; delete it to compute them again")
       return table
     if jax.process_count() > 1:
-      raise NotImplementedError("precomputed reference log-probabilities are computed on one host; run the pass "
-                                "single-host first (it writes reference_logps.npy) or use dpo.reference='step'")
+      raise UserError("precomputed reference log-probabilities are computed on one host; run the pass "
+                      "single-host first (it writes reference_logps.npy) or use dpo.reference='step'")
     build = BuildExample(records, self.example, self.tokenizer_file, preference=True)
     average, chunk = self.config.dpo.loss_type == "ipo", self.config.train.logits_chunk
     logps = jax.jit(lambda p, b: sequence_logps(self.module, p, {k: v[0] for k, v in b.items()}, chunk, average)[0])
@@ -180,5 +180,7 @@ class VlmDPO(RewardSFT):
         values = np.asarray(logps(reference, to_device(batch, 1, self.rows))).reshape(-1, 2)
         count = min(pairs, len(records) - start)
         table[start:start + count] = values[:count]
-    np.save(path, table)
+    os.makedirs(self.config.workdir, exist_ok=True)   # the config is checked by now: the run may write
+    np.save(path + ".partial.npy", table)   # whole or not at all: a resumed run trusts what it finds
+    os.replace(path + ".partial.npy", path)
     return table
