@@ -566,6 +566,53 @@ def mesh_larger_than_the_topology(w, _):
                 "needs 3 devices")
 
 
+def run_dir(w: World, objective: str = "sft", steps: tuple[int, ...] = ()) -> Path:
+  """A training workdir as the runner leaves it, reduced to what export reads first: config.json, checkpoint steps."""
+  w.file("run/config.json", json.dumps({"train": {"objective": objective}}))
+  for step in steps:
+    (w.tmp / "run" / "checkpoints" / str(step) / "state").mkdir(parents=True)
+  return w.tmp / "run"
+
+
+@case("launch.export", 1)
+def export_not_a_workdir(w, _):
+  return Expect([f"--workdir={w.tmp}", f"--dst={w.tmp / 'model'}"], "config.json is missing")
+
+
+@case("launch.export", 1)
+def export_without_a_checkpoint(w, _):
+  return Expect([f"--workdir={run_dir(w)}", f"--dst={w.tmp / 'model'}"], "no checkpoint yet")
+
+
+@case("launch.export", 1)
+def export_a_step_not_saved(w, _):
+  return Expect([f"--workdir={run_dir(w, steps=(2, 4))}", f"--dst={w.tmp / 'model'}", "--step=3"],
+                "no checkpoint of step 3")
+
+
+@case("launch.export", 1)
+def export_format_of_another_objective(w, _):
+  return Expect([f"--workdir={run_dir(w)}", f"--dst={w.tmp / 'model'}", "--format=diffusers"],
+                "does not fit a sft run")
+
+
+@case("launch.export", 1)
+def export_run_into_a_users_folder(w, _):
+  w.file("model/weights.bin", b"the user's")
+  return Expect([f"--workdir={run_dir(w, steps=(2,))}", f"--dst={w.tmp / 'model'}"], "weights.bin")
+
+
+@case("launch.export", 1)
+def export_ckpt_into_its_workdir(w, _):
+  run = run_dir(w, "video_dpo", steps=(2,))
+  return Expect([f"--workdir={run}", f"--dst={run / 'model.ckpt'}", "--format=ckpt"], "inside the source")
+
+
+@case("launch.export", 2)
+def export_without_dst(w, _):
+  return Expect([f"--workdir={run_dir(w)}"], "--dst")
+
+
 @case("launch.encode_pairs", 1)
 def encode_without_a_destination(w, _):
   return Expect([f"--config={ROOT / 'configs' / 'dpo_sdxl_turbo.py'}"], "data.encoded")
@@ -655,7 +702,7 @@ def test_the_table_covers_every_command():
   commands = {command for command, _, _ in CASES.values()}
   assert len(CASES) >= 40 and commands >= {"ureward", "converters.llava_onevision", "converters.sdxl",
                                            "converters.t2v_turbo", "launch.train", "launch.aot",
-                                           "launch.encode_pairs", "launch.shapes_demo"}
+                                           "launch.encode_pairs", "launch.shapes_demo", "launch.export"}
 
 
 @pytest.mark.parametrize("argv", [["-m", "ureward_jax.cli", "score", "--model", "/nonexistent/model", "--task",

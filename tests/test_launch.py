@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = {"launch.train": "--config", "launch.aot": "--topology", "launch.encode_pairs": "--config",
-         "launch.shapes_demo": "--workdir", "launch.dpo_shapes": "--workdir"}
+         "launch.shapes_demo": "--workdir", "launch.dpo_shapes": "--workdir", "launch.export": "--format"}
 
 
 @pytest.mark.parametrize("module", sorted(FLAGS))

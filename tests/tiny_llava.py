@@ -100,25 +100,28 @@ def save_llava_next(model, folder: Path) -> Path:
   return folder
 
 
-def random_text(rng, n):
+def random_text(rng, n, below=IMAGE_TOKEN):
   """n random text token ids (below the image and video placeholder ids)."""
-  return rng.randint(0, IMAGE_TOKEN, n).tolist()
+  return rng.randint(0, below, n).tolist()
 
 
 def image_inputs(hf, sizes, batch_num_images=None, seed=0, text=(7, 9)):
-  """A prompt with the images of `sizes`, placeholders expanded to the count transformers' model produces."""
+  """A prompt with the images of `sizes`, placeholders expanded to the count transformers' model produces (any
+  LLaVA-OneVision config: its tile size and image token are read from it)."""
   rng = np.random.RandomState(seed)
+  tile, image_token = hf.config.vision_config.image_size, hf.config.image_token_id
+  below = min(image_token, hf.config.video_token_id)
   tiled = [True] * len(sizes) if batch_num_images is None else [n == 1 for n in batch_num_images for _ in range(n)]
-  patches = [image_size_to_num_patches(s, hf.config.image_grid_pinpoints, TILE) if t else 1
+  patches = [image_size_to_num_patches(s, hf.config.image_grid_pinpoints, tile) if t else 1
              for s, t in zip(sizes, tiled)]
-  pixel_values = rng.randn(len(sizes), max(patches), 3, TILE, TILE).astype(np.float32)
+  pixel_values = rng.randn(len(sizes), max(patches), 3, tile, tile).astype(np.float32)
   image_sizes = np.array(sizes, np.int64)
   bni = None if batch_num_images is None else torch.tensor(batch_num_images)
   with torch.no_grad():
     feats = hf.model.get_image_features(torch.tensor(pixel_values), torch.tensor(image_sizes),
                                         batch_num_images=bni).pooler_output
   n_tokens = sum(f.shape[0] for f in feats)
-  ids = np.array([random_text(rng, text[0]) + [IMAGE_TOKEN] * n_tokens + random_text(rng, text[1])])
+  ids = np.array([random_text(rng, text[0], below) + [image_token] * n_tokens + random_text(rng, text[1], below)])
   return dict(input_ids=ids, pixel_values=pixel_values, image_sizes=image_sizes,
               batch_num_images=None if batch_num_images is None else np.array(batch_num_images))
 

@@ -96,14 +96,20 @@ def staged_folder(dst: str | os.PathLike, tool: str, sources: Iterable[str | os.
     _remove_if_empty(made)
 
 
-@contextlib.contextmanager
-def staged_file(dst: str | os.PathLike, sources: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
-  """Yield a hidden temporary path beside `dst` to write one file to; renamed to `dst` when the block completes.
-  An existing `dst` is refused: a single file cannot say who wrote it."""
+def check_file(dst: str | os.PathLike, sources: Iterable[str | os.PathLike] = ()) -> Path:
+  """`dst` resolved, if a single file may be written there: nothing there yet, and not in or around a source."""
   dst = Path(dst).resolve()
   _overlap(dst, sources)
   if dst.exists():
     raise UserError(f"{dst} already exists; remove it or choose another file name")
+  return dst
+
+
+@contextlib.contextmanager
+def staged_file(dst: str | os.PathLike, sources: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+  """Yield a hidden temporary path beside `dst` to write one file to; renamed to `dst` when the block completes.
+  An existing `dst` is refused: a single file cannot say who wrote it."""
+  dst = check_file(dst, sources)
   made = _make_parents(dst)
   handle, name = tempfile.mkstemp(prefix=f".{dst.name}.partial-", dir=dst.parent)
   os.close(handle)

@@ -7,15 +7,23 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
+import transformers
 
+import ureward_jax
 from configs import demo as demo_config
+from tests import tiny_llava
+from tests.parity import max_rel
 from ureward_jax.data import shapes
+from ureward_jax.errors import UserError
+from ureward_jax.train import export
 from ureward_jax.train.loop import Loop, LoopState, NonFiniteLoss
 from ureward_jax.train.runner import train
 
 STEPS = 6
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +151,27 @@ def test_non_finite_loss_stops_with_the_step_and_record_ids(tmp_path):
                attention_mask=np.ones((2, 4), np.int32))
   with pytest.raises(NonFiniteLoss, match=r"loss is nan at step 1; the batch held records \['id7', 'id3'\]"):
     loop.run(LoopState(0, {}, {}), [batch])
+
+
+def test_export_is_the_trained_model_for_ureward_and_transformers(uninterrupted, tmp_path):
+  """The latest checkpoint as a model folder: `ureward_jax.load` reads the trained params bit for bit, and as a
+  transformers folder (`launch.export --format hf`) transformers computes the same logits."""
+  workdir, state = uninterrupted
+  assert export.export(workdir, tmp_path / "ours")["step"] == STEPS
+  model = ureward_jax.load(tmp_path / "ours")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), model.params, state.params)
+  done = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={workdir}", f"--dst={tmp_path / 'hf'}",
+                         "--format=hf"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  hf = transformers.LlavaOnevisionForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
+  inputs = tiny_llava.image_inputs(hf, [(90, 60)], seed=4)
+  assert max_rel(model.forward(**inputs), tiny_llava.reference_logits(hf, **inputs)) <= tiny_llava.FULL
+
+
+def test_export_refuses_what_is_not_there(uninterrupted, tmp_path):
+  workdir, _ = uninterrupted
+  with pytest.raises(UserError, match=r"no checkpoint of step 5; it has steps \[4, 6\]"):
+    export.export(workdir, tmp_path / "out", step=5)
+  with pytest.raises(UserError, match="config.json is missing"):
+    export.export(tmp_path, tmp_path / "out")
+  assert not (tmp_path / "out").exists()

@@ -4,15 +4,22 @@ resumed) train exactly as pairs encoded at each step."""
 
 import json
 import os
+import subprocess
+import sys
 
+import diffusers
 import jax
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from configs import dpo_sdxl_turbo
+from tests.parity import max_rel
 from ureward_jax.data.encoded_pairs import EncodedFolder
-from ureward_jax.train import encode_pairs
+from ureward_jax.models import unet2d
+from ureward_jax.runners.unet import UNet
+from ureward_jax.train import encode_pairs, export
 from ureward_jax.train.runner import train
 from ureward_jax.train.tasks.diffusion_dpo import FrozenEncoders
 
@@ -31,6 +38,9 @@ def pairs(tmp_path_factory):
   rows[5]["jpg_1"] = "missing.png"
   (root / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   return root / "pairs.jsonl"
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def config_for(sdxl, pairs, workdir, steps):
@@ -118,3 +128,28 @@ def test_a_non_sdxl_checkpoint_is_refused(checkpoint, pairs, tmp_path):
   with pytest.raises(ValueError, match="not a converted SDXL pipeline folder"):
     train(c)
 
+
+def test_export_is_the_trained_unet_for_diffusers(online_run, tmp_path):
+  """The run exported as a diffusers pipeline (`launch.export --format diffusers`): diffusers' UNet computes what
+  ours computes with the checkpoint's params, and the rest of the pipeline is the one the run started from."""
+  done = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={online_run}",
+                         f"--dst={tmp_path / 'pipeline'}", "--format=diffusers"], capture_output=True, text=True,
+                        cwd=ROOT, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  step, params = export.restore_params(online_run)
+  config = unet2d.UNet2DConditionConfig.from_dict(json.loads((tmp_path / "pipeline" / "unet" / "config.json").read_text()))
+  ours = UNet.from_params(config, params)
+  theirs = diffusers.UNet2DConditionModel.from_pretrained(tmp_path / "pipeline" / "unet").eval()
+  g = torch.Generator().manual_seed(0)
+  args = dict(sample=torch.randn(2, 4, 16, 16, generator=g), timestep=torch.tensor([999, 249]),
+              encoder_hidden_states=torch.randn(2, 7, config.cross_attention_dim, generator=g),
+              added_cond_kwargs={"text_embeds": torch.randn(2, theirs.config.projection_class_embeddings_input_dim
+                                                            - 6 * theirs.config.addition_time_embed_dim, generator=g),
+                                 "time_ids": torch.tensor([[32.0, 32, 0, 0, 32, 32]] * 2)})
+  with torch.no_grad():
+    want = theirs(**args).sample.numpy()
+  got = ours.forward(**{k: ({n: t.numpy() for n, t in v.items()} if isinstance(v, dict) else v.numpy())
+                        for k, v in args.items()})
+  assert max_rel(got, want) <= 1e-4
+  assert (tmp_path / "pipeline" / "vae" / "diffusion_pytorch_model.safetensors").exists()
+  assert (tmp_path / "pipeline" / "model_index.json").exists()

@@ -4,12 +4,15 @@ counts an unreadable pair, and resumes; the one-cycle schedule on request."""
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from configs import dpo_t2v_turbo
+from converters import t2v_turbo
 from tests import tiny_t2v
 from tests.models.test_videocrafter import TINY
 from ureward_jax import pretrained
@@ -21,6 +24,7 @@ from ureward_jax.train.runner import train
 from ureward_jax.train.tasks.video_dpo import train_mask
 
 PAIRS, FRAMES = 8, 6
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +72,7 @@ def metrics(workdir):
   return [json.loads(line) for line in open(workdir / "metrics.jsonl")]
 
 
-def test_run_trains_linear_layers_logs_checkpoints_and_resumes(t2v, pairs, tmp_path):
+def test_run_trains_linear_layers_logs_checkpoints_and_resumes(t2v, pairs, tmp_path, tmp_path_factory):
   state = train(config_for(t2v, pairs, tmp_path, steps=3))
   assert state.step == 3 and sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "3"]
   rows = metrics(tmp_path)
@@ -88,6 +92,16 @@ def test_run_trains_linear_layers_logs_checkpoints_and_resumes(t2v, pairs, tmp_p
 
   resumed = train(config_for(t2v, pairs, tmp_path, steps=4))
   assert resumed.step == 4 and [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
+
+  # Exported as VideoCrafter2's checkpoint file (`launch.export --format ckpt`), converted back: the trained UNet.
+  out = tmp_path_factory.mktemp("export")
+  done = subprocess.run([sys.executable, "-m", "launch.export", f"--workdir={tmp_path}", f"--dst={out / 'model.ckpt'}",
+                         "--format=ckpt"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  t2v_turbo.convert_checkpoint(out / "model.ckpt", out / "back", tokenizer=t2v / "tokenizer",
+                               config=t2v.parent / "config.yaml")   # the UNet layout tiny_t2v converted with
+  back = pretrained.load_params(out / "back" / "unet")
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), resumed.params, back)
 
 
 def test_one_cycle_on_request_and_unknown_schedules_refused(t2v, pairs, tmp_path):

@@ -10,6 +10,7 @@ exactly the step `train.train` runs.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
@@ -107,3 +108,9 @@ class Task:
 
   def write_files(self, workdir: str) -> None:
     """Files the run's workdir keeps besides the resolved config (tokenizer, model config); first host only."""
+
+  @classmethod
+  def export(cls, config: ml_collections.ConfigDict, params: Any, workdir: Path, dst: Path) -> None:
+    """Write the model of a finished (or running) run as a folder `ureward_jax.load` reads: `config` is the run's
+    resolved config, `params` the checkpoint's model params on the host, `dst` an empty folder (`train.export`)."""
+    raise NotImplementedError

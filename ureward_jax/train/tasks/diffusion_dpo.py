@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ureward_jax import parallel, pretrained
+from ureward_jax import outputs, parallel, pretrained
 from ureward_jax.data.encoded_pairs import check_encoded, encoded_batches, settings_for
 from ureward_jax.data.image_pairs import PairDataConfig, load_pairs, pair_batches
 from ureward_jax.errors import UserError
@@ -222,6 +224,17 @@ class DiffusionDPO(Task):
 
   def load_params(self, shardings):
     return params.load(os.path.join(self.folder, "unet"), shardings)
+
+  @classmethod
+  def export(cls, config, params_, workdir, dst):
+    """The pipeline folder the run started from, with the trained UNet in place of its own."""
+    start = Path(config.model.checkpoint)
+    check_pipeline_folder(str(start), cls.model_type, cls.family, cls.converter)
+
+    def left_out(folder, names):   # the UNet's own params, and the starting folder's record of who wrote it
+      return {pretrained.PARAMS} & set(names) if Path(folder) == start / "unet" else {outputs.MANIFEST} & set(names)
+    shutil.copytree(start, dst, ignore=left_out, dirs_exist_ok=True)
+    pretrained.save(dst / "unet", pretrained.read_config(start / "unet"), params_)
 
   def optimizer(self, num_steps, trained):
     """`optim.lr`, times the pairs per optimiser step when `optim.scale_lr` (DiffusionDPO's `--scale_lr`: lr ×

@@ -206,3 +206,17 @@ class RewardSFT(Task):
     with open(os.path.join(workdir, "model_config.json"), "w") as f:
       json.dump(self.model.to_dict(), f, indent=2)
 
+  @classmethod
+  def export(cls, config, params_, workdir, dst):
+    """A LLaVA-OneVision folder: the run's model config (with the source layout of the folder it started from, so
+    that it exports back to that layout), the params, the tokenizer it trained with and the starting folder's other
+    tokenizer and processor files."""
+    model_file = workdir / "model_config.json"
+    if not model_file.is_file():
+      raise UserError(f"{model_file} is missing: the run's first host writes it when training starts")
+    model = json.loads(model_file.read_text())
+    start = config.model.checkpoint or None
+    if start and (source := pretrained.read_config(start).get("source")):
+      model["source"] = source
+    pretrained.save(dst, model, params_, copy_from=start)
+    shutil.copy(workdir / "tokenizer.json", dst / "tokenizer.json")
