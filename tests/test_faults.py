@@ -335,6 +335,13 @@ def policy_folder_missing(w, _):
                 created=(w.tmp / "pairs.jsonl", w.tmp / "pairs.judgements.jsonl"))
 
 
+@case("ureward", 1)
+def negative_policy_seed(w, _):
+  items = w.rows("items.jsonl", [{"id": "q", "question": "what colour?", "image": "red.png"}])
+  return Expect(["build-pairs", "--model", str(w.model), "--task", "image_understanding", "--input", str(items),
+                 "--output", str(w.tmp / "pairs.jsonl"), "--policy", str(w.model), "--seed", "-1"], "--seed")
+
+
 def generate(w: World, prompts: Path, out: Path, *extra: str) -> list[str]:
   return ["generate", "--model", str(w.sdxl), "--prompts", str(prompts), "--num-per-prompt", "2", "--height", "64",
           "--width", "64", "--out", str(out), *extra]

@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
   from ureward_jax.reward.scoring import Judge
 
   common.require_positive(args, ["batch_size", "prompts_per_batch", "num_candidates"])
+  if args.seed < 0:   # numpy's seed sequences take non-negative integers only
+    raise common.UsageError(f"--seed must be 0 or more, got {args.seed}")
   common.require_generated_text(args)
   judgements_path = args.judgements or args.output.removesuffix(".jsonl") + ".judgements.jsonl"
   items = common.read_rows(args.input)
