@@ -126,10 +126,16 @@ def model_folder_without_config(w, _):
   return Expect(score(w, w.rows("in.jsonl", [PAIR]), model=model), "config.json is missing")
 
 
+def damaged_model(w: World, name: str, text: str) -> Path:
+  """A copy of the tiny model whose file `name` holds `text`."""
+  model = w.copy(w.model, "model")
+  (model / name).write_text(text)
+  return model
+
+
 @case("ureward", 1)
 def model_config_not_json(w, _):
-  model = w.copy(w.model, "model")
-  (model / "config.json").write_text("{not json")
+  model = damaged_model(w, "config.json", "{not json")
   return Expect(score(w, w.rows("in.jsonl", [PAIR]), model=model), "config.json is not valid JSON")
 
 
@@ -145,8 +151,7 @@ def model_of_another_kind(w, _):
 
 @case("ureward", 1)
 def tokenizer_not_readable(w, _):
-  model = w.copy(w.model, "model")
-  (model / "tokenizer.json").write_text("{truncated")
+  model = damaged_model(w, "tokenizer.json", "{truncated")
   return Expect(score(w, w.rows("in.jsonl", [PAIR]), model=model), "tokenizer.json")
 
 

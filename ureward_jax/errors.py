@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import errno
 import sys
-from typing import Callable, NoReturn
+from typing import Callable
 
 INTERRUPTED = "interrupted; re-run to resume"
 # Exit statuses: a user error; a bad command line (argparse's and absl's own); Ctrl-C (128 + SIGINT, as shells say).
@@ -60,16 +60,12 @@ def guard(main: Callable[[], int | None]) -> int:
   and exits with 130; other exceptions propagate with their tracebacks."""
   try:
     return main() or 0
-  except KeyboardInterrupt:
-    interrupted()
+  except KeyboardInterrupt:   # what is on disk stays for a re-run to resume
+    print(INTERRUPTED, file=sys.stderr)
+    raise SystemExit(INTERRUPT) from None
   except Exception as e:   # noqa: BLE001 — sorted below: user errors end here, the rest is re-raised
     message = describe(e)
     if message is None:
       raise
     raise SystemExit("error: " + " ".join(line.strip() for line in message.splitlines())) from None   # one line
 
-
-def interrupted() -> NoReturn:
-  """End the process as Ctrl-C should: one line, status 130; what is on disk stays for a re-run to resume."""
-  print(INTERRUPTED, file=sys.stderr)
-  raise SystemExit(INTERRUPT)

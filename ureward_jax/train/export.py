@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -76,7 +77,7 @@ def export(workdir: str | os.PathLike, dst: str | os.PathLike, step: int | None 
   dst = outputs.check_destination(dst, TOOL, [workdir])   # before the params are read: they can be large
   step, params = restore_params(workdir, step)
   if dtype is not None:
-    params = jax.tree.map(lambda x: x.astype(jax.numpy.dtype(dtype)), params)
+    params = jax.tree.map(lambda x: x.astype(jnp.dtype(dtype)), params)
   with outputs.staged_folder(dst, TOOL, [workdir]) as staging:
     task.export(config, params, Path(workdir), staging)
   return {"step": step, "objective": config.train.objective, "dst": str(dst)}
