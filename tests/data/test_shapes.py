@@ -11,7 +11,7 @@ import tokenizers
 import yaml
 from PIL import Image
 
-from ureward_jax.data import shapes
+from ureward_jax.data import shapes, shapes_base
 from ureward_jax.reward import prompts
 
 NUM = 24
@@ -84,8 +84,9 @@ def test_records_follow_the_official_format(root, name, monkeypatch):
     assert all(Image.open(p).size == (32, 32) for p in frames)
     # One marker per image or video, as LLaVA-NeXT's trainer lays them out.
     markers = 2 if name == "image_generation_pair" else 1
-    assert human["value"].startswith("<image>\n" * markers) and human["value"].count("<image>") == markers
-    text = human["value"][len("<image>\n") * markers:]
+    opening = "<image>\n <image>\n" if markers == 2 else "<image>\n"   # an image pair's, as the official records
+    assert human["value"].startswith(opening) and human["value"].count("<image>") == markers
+    text = human["value"][len(opening):]
     fields = re.findall(r"\[(.*?)\]", text)[-len(template.fields):]
     assert text == prompts.render(task, mode, **dict(zip(template.fields, fields)))
     if mode == "pair":
@@ -222,3 +223,77 @@ def test_tokenizer_special_tokens_newline_and_unknown_words(tmp_path):
   loaded = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
   assert loaded.encode(CHAT, add_special_tokens=False).ids == ids
   assert loaded.to_str() == shapes.shapes_tokenizer().to_str()
+
+
+def test_base_dialogues_describe_and_answer_what_the_pixels_show(tmp_path, monkeypatch):
+  counts = shapes_base.generate_base(tmp_path, num_per_kind=24, seed=5)
+  tokenizer = shapes.shapes_tokenizer()
+  assert counts == dict.fromkeys(("base_image", "base_video", "base_image_pair", "base_video_pair"), 24)
+  again = tmp_path / "again"
+  shapes_base.generate_base(again, num_per_kind=24, seed=5)
+  assert files(tmp_path / "train") == files(again / "train")
+  mixture = yaml.safe_load((tmp_path / "train_base.yaml").read_text())["datasets"]
+  assert [d["json_path"] for d in mixture] == [f"train/{kind}.json" for kind in counts]
+  monkeypatch.chdir(tmp_path)
+  for kind in counts:
+    for r in json.loads((tmp_path / f"train/{kind}.json").read_text()):
+      turns = r["conversations"]
+      assert [t["from"] for t in turns] == ["human", "gpt"] * (len(turns) // 2)
+      opening = "<image>\n <image>\n" if kind == "base_image_pair" else "<image>\n"
+      assert turns[0]["value"].startswith(opening) and turns[0]["value"].count("<image>") == opening.count("<image>")
+      assert all("<image>" not in t["value"] for t in turns[1:])
+      frames = media_paths(r)
+      if kind == "base_image_pair":
+        described = [blobs(path) for path in frames]
+      elif kind == "base_video_pair":
+        described = [video_motion(frames[:4]), video_motion(frames[4:])]
+      else:
+        described = [video_motion(frames) if kind == "base_video" else blobs(frames[0])]
+      for n, seen in enumerate(described):
+        caption = turns[2 * n + 1]["value"]
+        if kind.startswith("base_video"):
+          assert re.fullmatch(r"an? (\w+) (\w+) moving (\w+)", caption).groups() == seen, r["id"]
+        else:
+          assert caption_holds(caption, seen), r["id"]
+      which = {(True, True): "Both.", (True, False): "The first.", (False, True): "The second.",
+               (False, False): "Neither."}
+      for question, answer in zip(turns[4::2], turns[5::2]) if kind.endswith("pair") else ():
+        if kind == "base_image_pair":
+          color, shape = re.fullmatch(r"Which image has an? (\w+) (\w+)\?", question["value"]).groups()
+          shown = tuple(seen.get(color, ("",))[0] == shape for seen in described)
+        else:
+          asked = re.fullmatch(r"Which video shows an? (\w+) (\w+) moving (\w+)\?", question["value"]).groups()
+          shown = tuple(seen == asked for seen in described)
+        assert answer["value"] == which[shown], (r["id"], question["value"])
+      text = "".join(f"<|im_start|>{role}\n{m['value']}<|im_end|>\n" for role, m in zip(("user", "assistant") * 4,
+                                                                                        turns))
+      assert tokenizer.token_to_id(shapes.UNKNOWN_TOKEN) not in tokenizer.encode(text).ids, r["id"]
+      if kind in ("base_image", "base_video"):
+        seen = {"motion": described[0]} if kind == "base_video" else {"found": described[0]}
+        for question, answer in zip(turns[2::2], turns[3::2]):
+          question, answer = question["value"], answer["value"]
+          if m := re.fullmatch(r"Is there an? (\w+)\?", question):
+            kinds = {seen["motion"][1]} if "motion" in seen else {k for k, _ in seen["found"].values()}
+            assert answer == ("Yes." if m.group(1) in kinds else "No."), r["id"]
+          elif m := re.fullmatch(r"Is anything (\w+)\?", question):
+            colors = {seen["motion"][0]} if "motion" in seen else set(seen["found"])
+            assert answer == ("Yes." if m.group(1) in colors else "No."), r["id"]
+          else:
+            assert statement_holds(answer, **seen), (r["id"], question, answer)
+
+
+def test_tokenizer_holds_each_official_wording_in_a_few_tokens(root):
+  tokenizer = shapes.shapes_tokenizer()
+  for task in prompts.TASKS:
+    for mode in prompts.MODES:
+      for variant in prompts.variants(task, mode):
+        template = prompts.template(task, mode, variant)
+        text = prompts.render(task, mode, variant, **dict.fromkeys(template.fields, "red"))
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert len(ids) <= 4 * len(template.fields) + 3, (task, mode, variant, len(ids))
+        assert tokenizer.decode(ids) == text
+        for verdict in (template.verdicts or {}).values():
+          assert len(tokenizer.encode(verdict, add_special_tokens=False).ids) == 1, verdict
+  # A verdict inside an answer's own words is still read word by word around it.
+  ids = tokenizer.encode("The red Image 1 is better than Image 2. Final Score: 3", add_special_tokens=False).ids
+  assert tokenizer.decode(ids) == "The red Image 1 is better than Image 2. Final Score: 3"

@@ -2,13 +2,12 @@
 report that renders."""
 
 import json
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.chromium import headless, needs_chromium
 from ureward_jax.cli import main
 from ureward_jax.reward import inputs
 
@@ -131,26 +130,15 @@ def test_bad_arguments_exit_with_a_message(checkpoint, tmp_path):
           "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o.jsonl")])
 
 
-def _chromium():
-  return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def _headless(tmp_path, *args):
-  flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}"]
-  return subprocess.run([_chromium(), *flags, *args], capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs Chromium (make test installs Debian's chromium package)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(first_run, tmp_path):
   _, _, folder = first_run
   page = f"file://{folder / 'report.html'}"
-  dom = _headless(tmp_path, "--dump-dom", page).stdout
+  dom = headless(tmp_path / "profile", "--dump-dom", page).stdout
   assert dom.count('class="item"') == 6 and dom.count('class="verdict"') == 3 and "missing.png" in dom
   assert dom.count('class="bar"') == 9   # p(1), p(2), p(tie) of each judged pair
   shot = tmp_path / "shot.png"
-  _headless(tmp_path, f"--screenshot={shot}", "--window-size=1000,900", page)
+  headless(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1000,900", page)
   pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
   red = np.sum((pixels[..., 0] > 220) & (pixels[..., 1] < 40) & (pixels[..., 2] < 40))
   blue = np.sum((pixels[..., 2] > 220) & (pixels[..., 0] < 40) & (pixels[..., 1] < 40))

@@ -15,8 +15,9 @@ from ureward_jax.data.examples import ExampleConfig, make_example
 from ureward_jax.data.pipeline import MODEL_KEYS
 from ureward_jax.data.sources import load_mixture
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
+from ureward_jax.processing.chat import IGNORE
 from ureward_jax.reward import prompts
-from ureward_jax.train.demo import pairwise_accuracy, spearman
+from ureward_jax.train.demo import answer_labels, bootstrap_interval, pairwise_accuracy, spearman, wilson_interval
 from ureward_jax.train.tasks.reward_sft import completion_logprobs, model_config
 
 
@@ -49,6 +50,8 @@ def test_pairwise_accuracy_scores_the_most_likely_verdict(tmp_path):
       candidate = copy.deepcopy(record)
       candidate.data["conversations"][-1]["value"] = verdict
       example = make_example(candidate, 0, cfg, tokenizer)
+      example["labels"] = answer_labels(example["labels"])   # the verdict's own tokens
+      assert np.sum(example["labels"] != IGNORE) == 1        # one token, in the shapes tokenizer
       batch = {k: jnp.asarray(example[k][None]) for k in MODEL_KEYS}
       scores[winner] = float(score(batch))
     best.append(max(scores, key=scores.get))
@@ -62,3 +65,26 @@ def test_pairwise_accuracy_scores_the_most_likely_verdict(tmp_path):
   assert pairwise_accuracy(module, params, with_winners(best), cfg, tokenizer, batch_size=4) == 1.0
   assert pairwise_accuracy(module, params, with_winners([1 if b != 1 else 2 for b in best]), cfg, tokenizer,
                            batch_size=4) == 0.0
+
+
+def test_wilson_interval_covers_the_proportion_and_narrows_with_n():
+  low, high = wilson_interval(85, 100)
+  assert low < 0.85 < high and high - low == pytest.approx(0.14, abs=0.01)
+  low_big, high_big = wilson_interval(850, 1000)
+  assert low < low_big < 0.85 < high_big < high
+  assert wilson_interval(0, 50)[0] == pytest.approx(0.0, abs=1e-12) and wilson_interval(50, 50)[1] == pytest.approx(1.0)
+  # Coverage: the interval holds the true rate in about 95 % of binomial draws.
+  rng = np.random.default_rng(0)
+  draws = rng.binomial(200, 0.7, size=2000)
+  covered = np.mean([lo <= 0.7 <= hi for lo, hi in (wilson_interval(int(k), 200) for k in draws)])
+  assert 0.93 <= covered <= 0.97
+
+
+def test_bootstrap_interval_of_spearman():
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=200)
+  y = x + rng.normal(size=200)
+  low, high = bootstrap_interval(spearman, x, y, reps=500)
+  assert low < spearman(x, y) < high and 0.05 < high - low < 0.3
+  unrelated = bootstrap_interval(spearman, x, rng.normal(size=200), reps=500)
+  assert unrelated[0] < 0 < unrelated[1]

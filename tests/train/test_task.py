@@ -2,6 +2,7 @@
 compiles through the same runner as the four real ones. And the runner's config schema: every key a task reads is
 declared, nothing else is."""
 
+import importlib
 import json
 
 import flax.linen as nn
@@ -133,9 +134,9 @@ def test_an_unknown_or_missing_key_is_named(toy, tmp_path):
 
 
 def test_every_shipped_config_declares_exactly_what_its_task_reads():
-  from configs import dpo_demo, dpo_llava_ov_7b, dpo_llava_video_7b, dpo_sdxl_turbo, dpo_t2v_turbo, reward_llava_ov_7b
-  for module in (demo_config, dpo_demo, dpo_llava_ov_7b, dpo_llava_video_7b, dpo_sdxl_turbo, dpo_t2v_turbo,
-                 reward_llava_ov_7b):
+  for name in ("demo_base", "demo", "dpo_demo", "dpo_llava_ov_7b", "dpo_llava_video_7b", "dpo_sdxl_turbo",
+               "dpo_t2v_turbo", "reward_llava_ov_7b"):
+    module = importlib.import_module(f"configs.{name}")
     config = module.get_config()
     runner.check_config(config, runner.config_keys(config, tasks.task_class(config)))
   config = demo_config.get_config()

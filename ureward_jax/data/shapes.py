@@ -6,7 +6,8 @@ or down. Records are LLaVA training records in the official format, prompts from
 targets the official verdict or `Final Score:` line, plus ground truth the training reader ignores: "task", "mode",
 and "winner" (1 | 2) or "score". The user turn opens with one "<image>\n" per visual input as LLaVA-NeXT's trainer
 counts them and rewrites them (`train.py::_get_item`): one per image, one per video, where a video pair's frames
-are one video to it; not the inference scripts' one per frame (`prompts.image_markers`).
+are one video to it; not the inference scripts' one per frame (`prompts.image_markers`). An image pair's two markers
+are "<image>\n <image>\n", as in the official HPD/OIP records and scripts.
 
 What each task asks and how its target follows from what was drawn:
   image_generation    caption "a red circle and a blue square". pair: the faithful image against one with one
@@ -173,11 +174,12 @@ def _video_mistake(rng: np.random.Generator, video: _Video, field: str) -> _Vide
 
 
 class _Writer:
-  """Writes one task × mode's media under out_dir/media/<split>/<task>_<mode>/ and builds its records."""
+  """Writes one task × mode's media under out_dir/media/<split>/<folder: task_mode>/ and builds its records."""
 
-  def __init__(self, out_dir: pathlib.Path, split: str, seed: int, task: str, mode: str, num_frames: int):
+  def __init__(self, out_dir: pathlib.Path, split: str, seed: int, task: str, mode: str, num_frames: int,
+               folder: str = ""):
     self.out_dir, self.task, self.mode, self.num_frames = out_dir, task, mode, num_frames
-    self.prefix = f"media/{split}/{task}_{mode}"
+    self.prefix = f"media/{split}/{folder or f'{task}_{mode}'}"
     self.id_prefix = f"shapes-{split}-{seed}-{task}-{mode}"
     (out_dir / self.prefix).mkdir(parents=True, exist_ok=True)
 
@@ -196,7 +198,9 @@ class _Writer:
 
   def record(self, index: int, media: dict, target: str, truth: dict, **fields: str) -> dict:
     markers = 2 if len(media.get("images", ())) == 2 else 1
-    human = prompts.user_turn(prompts.render(self.task, self.mode, **fields), markers)
+    # An image pair's markers are spaced as the official records and scripts space them ("<image>\n <image>\n").
+    space = markers == 2 and prompts.template(self.task, self.mode).space_between_inputs
+    human = prompts.user_turn(prompts.render(self.task, self.mode, **fields), markers, space)
     return {"id": f"{self.id_prefix}-{index:06d}", **media,
             "conversations": [{"from": "human", "value": human}, {"from": "gpt", "value": target}],
             "task": self.task, "mode": self.mode, **truth}
@@ -367,7 +371,22 @@ def _world_texts() -> list[str]:
           "The response is right: The response is wrong:",
           "What color is the circle? Which shape is red? The red shape is a circle. The circle is red.",
           "How many shapes are there? There is 1 shape. There are 2 shapes.",
-          "Which direction does the circle move? The circle moves right."]
+          "Which direction does the circle move? The circle moves right.",
+          # The base VLM's dialogues (`shapes_base`).
+          "Describe the image. Describe the first video. Is there a circle? Is anything red? Yes. No.",
+          "Describe the second image. Which image has a red circle? Which video shows Both. The first. Neither."]
+
+
+def _wording_phrases() -> list[str]:
+  """The fixed stretches of every official wording (its text between fields, two words or more) and its verdicts."""
+  phrases = set()
+  for task in prompts.TASKS:
+    for mode in prompts.MODES:
+      for variant in prompts.variants(task, mode):
+        t = prompts.template(task, mode, variant)
+        phrases.update(text for text, _, _, _ in string.Formatter().parse(t.text) if len(text.split()) > 1)
+        phrases.update((t.verdicts or {}).values())
+  return sorted(phrases)
 
 
 def _template_texts() -> list[str]:
@@ -385,6 +404,9 @@ def _template_texts() -> list[str]:
 def shapes_tokenizer() -> tokenizers.Tokenizer:
   """A word-level tokenizer for the shapes world: every word of the world and of the official wordings, ~1k ids.
 
+  Each fixed stretch of an official wording and each verdict sentence is also one added token, matched whole before
+  pre-tokenisation: a reward prompt is its fields' words and a handful of ids (~30 tokens besides the visual ones, not
+  ~400), so a tiny model spends its compute on the images and the fields, and a pairwise verdict is one token.
   Pre-tokenisation: "\\n" alone; spaces become "▁" joined to the next word (so decoding restores them exactly);
   punctuation and digits one character each. Every word is in the vocabulary with and without its "▁", so any
   arrangement of known words encodes without `[UNK]` (id 0, what unknown words become). The Qwen chat tokens
@@ -408,4 +430,5 @@ def shapes_tokenizer() -> tokenizers.Tokenizer:
   tokenizer.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="never", split=True)
   tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
   tokenizer.add_tokens([IMAGE_TOKEN, VIDEO_TOKEN])
+  tokenizer.add_tokens(_wording_phrases())
   return tokenizer

@@ -2,7 +2,8 @@
 
 Each row shows its media side by side (images as thumbnails, videos as strips of their sampled frames), the prompt
 or question (and the responses), the verdict or score, the probabilities as bars, the generated text when there is
-one, and any error. Pictures are embedded as JPEG data URIs: the page is one self-contained file.
+one, any error, and, where a row carries an "expected" winner or score (ground truth, as the shapes demo's rows do),
+that expectation marked as agreeing or not, with the agreement counted in the heading. Pictures are embedded as JPEG data URIs: the page is one self-contained file.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ h1 { font-size: 20px; }
 .bar span.fill { display: inline-block; height: 10px; background: #4a78c2; }
 .error { color: #b00020; font-weight: bold; }
 .responses { white-space: pre-wrap; }
+.expected { margin: 4px 0; }
+.expected.agrees { color: #2a8f3c; }
+.expected.disagrees { color: #b00020; }
 pre { white-space: pre-wrap; background: #f6f6f6; padding: 8px; }
 """
 
@@ -64,10 +68,32 @@ def _verdict(result: dict, task: str, mode: str) -> str:
     if "mass" in result:
       text += f" (in-range mass {result['mass']:.2f})"
     return f'<div class="verdict">{text}</div>'
+  return f'<div class="verdict">{_verdict_name(task, result.get("winner"))}</div>'
+
+
+def _verdict_name(task: str, winner) -> str:
   what = "Image" if task == "image_generation" else "Video" if task == "video_generation" else "Response"
-  winner = result.get("winner")
-  text = {1: f"{what} 1 is better", 2: f"{what} 2 is better", 0: "tie"}.get(winner, "verdict unreadable")
-  return f'<div class="verdict">{text}</div>'
+  return {1: f"{what} 1 is better", 2: f"{what} 2 is better", 0: "tie"}.get(winner, "verdict unreadable")
+
+
+def _agrees(row: dict, result: dict, mode: str) -> bool | None:
+  """Whether the judgement matches the row's "expected" (a winner, or a score to within half a point); None when the
+  row has none or the judgement failed."""
+  expected = row.get("expected")
+  if not isinstance(expected, (int, float)) or isinstance(expected, bool) or "error" in result:
+    return None
+  if mode == "pair":
+    return result.get("winner") == expected
+  return result.get("score") is not None and abs(result["score"] - expected) <= 0.5
+
+
+def _expected(row: dict, result: dict, task: str, mode: str) -> str:
+  agrees = _agrees(row, result, mode)
+  if agrees is None:
+    return ""
+  text = _verdict_name(task, row["expected"]) if mode == "pair" else f"score {row['expected']:g}"
+  mark = "agrees" if agrees else "disagrees"
+  return f'<div class="expected {mark}">expected: {html.escape(text)} ({"✓" if agrees else "✗"})</div>'
 
 
 def _bars(probs: dict) -> str:
@@ -101,6 +127,7 @@ def _item(row: dict, result: dict, task: str, mode: str, root: str | None, optio
   if isinstance(row.get("response"), str):
     parts.append(f'<p class="responses"><i>response:</i> {html.escape(row["response"])}</p>')
   parts.append(_verdict(result, task, mode))
+  parts.append(_expected(row, result, task, mode))
   if isinstance(result.get("probs"), dict):
     parts.append(_bars(result["probs"]))
   for key in ("text", "text_swapped"):
@@ -115,8 +142,10 @@ def write_report(path: str, rows: Sequence[dict], results: Sequence[dict], task:
                  root: str | None = None, options: inputs.InputOptions = inputs.InputOptions(num_frames=8)) -> None:
   """Write the page for `rows` and their `results` (as `Judge.judge` returns them) to `path`."""
   items = "".join(_item(row, result, task, mode, root, options) for row, result in zip(rows, results))
+  checked = [a for a in (_agrees(row, result, mode) for row, result in zip(rows, results)) if a is not None]
+  summary = f" · agrees with expected on {sum(checked)} of {len(checked)}" if checked else ""
   page = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>ureward: {task} {mode}</title>'
-          f"<style>{_STYLE}</style></head><body><h1>{task} · {mode} · {len(rows)} rows</h1>{items}"
+          f"<style>{_STYLE}</style></head><body><h1>{task} · {mode} · {len(rows)} rows{summary}</h1>{items}"
           "</body></html>")
   with open(path, "w", encoding="utf-8") as f:
     f.write(page)

@@ -1,12 +1,13 @@
-"""The shapes world's demos, measured: the tiny reward model trained from scratch and judged on held-out records
-(`make demo`, `python -m launch.shapes_demo`), and DPO of the tiny policy on preference records
-(`python -m launch.dpo_shapes`).
+"""The shapes world's demos, measured: the tiny reward model — a base VLM pretrained on the world's captions and
+questions, then fine-tuned on all four tasks — judged on held-out records (`make demo`, `python -m
+launch.shapes_demo`), and DPO of the tiny policy on preference records (`python -m launch.dpo_shapes`).
 
 Reward model, on the held-out records of all four tasks:
-  - pairwise: the verdict whose continuation the model finds most likely (teacher-forced log-probabilities of each
-    official verdict sentence), against the known winner; chance is 50 %;
-  - pointwise: the model's greedy answer, parsed for "Final Score:", rank-correlated with the known score (Spearman);
-    chance is 0. Unparseable answers are counted, not scored.
+  - pairwise: the verdict the model finds most likely (teacher-forced log-probability of each official verdict
+    sentence after the prompt, laid out as in training), against the known winner; chance is 50 %, and the 95 %
+    interval is Wilson's;
+  - pointwise: the model's greedy answer, parsed for "Final Score:", rank-correlated with the known score (Spearman,
+    95 % interval by bootstrap); chance is 0. Unparseable answers are counted, not scored.
 DPO: per understanding task, the share of held-out pairs whose chosen answer gains more log-probability over the
 reference than the rejected one (chance 50 %; 0 % before training, when every margin is 0), and the mean margin β·Δ.
 """
@@ -14,6 +15,7 @@ reference than the rejected one (chance 50 %; 0 % before training, when every ma
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 
 import jax
@@ -22,69 +24,120 @@ import numpy as np
 import tokenizers
 
 from ureward_jax import parallel
-from ureward_jax.data import shapes
+from ureward_jax.data import shapes, shapes_base
 from ureward_jax.data.examples import ExampleConfig, make_example, make_preference_example, visual_inputs
 from ureward_jax.data.pipeline import MODEL_KEYS
 from ureward_jax.data.sources import load_mixture
 from ureward_jax.models.llava_onevision import LlavaOnevision, init_params
-from ureward_jax.processing.chat import prompt_ids
+from ureward_jax.processing.chat import IGNORE, prompt_ids
 from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import prompts
 from ureward_jax.reward.parsing import parse_pointwise
 from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration
-from ureward_jax.train.tasks.reward_sft import completion_logprobs, model_config
+from ureward_jax.train.tasks.reward_sft import model_config, target_logprobs
 from ureward_jax.train.tasks.vlm_dpo import sequence_logps
 
-# Held-out pairs are cheap to judge (one forward per verdict), so there are enough for accuracy to be read to a few
-# points; pointwise answers are decoded token by token, so fewer of them.
-TRAIN_PER_TASK, EVAL_PAIRS, EVAL_POINTS = 1000, 200, 48
 DPO_TRAIN_PER_TASK, DPO_EVAL_PER_TASK = 2000, 100
+# The chat wrapper around an answer in a labelled assistant turn: "<|im_start|>assistant\n" before, "<|im_end|>\n"
+# after (`processing.chat`), one token each piece in the Qwen and the shapes tokenizers.
+_ANSWER_HEAD, _ANSWER_TAIL = 3, 2
 
 
-def prepare_data(workdir: str) -> tuple[str, str, str]:
-  """(train mixture, held-out mixture, tokenizer file) under workdir/data, generated once."""
+@dataclasses.dataclass(frozen=True)
+class DemoSize:
+  """How much data the demo draws. The defaults are `make demo`'s; tests run the same path smaller.
+
+  base_per_kind: base-VLM dialogues per kind (image, video, image pair, video pair); train_per_task: reward records
+  per task × mode; eval_pairs / eval_points: held-out pair / point records per task judged at the end;
+  curve_pairs: held-out pairs per task judged at every checkpoint for the accuracy curve.
+  """
+  base_per_kind: int = 4000
+  train_per_task: int = 2000
+  eval_pairs: int = 200
+  eval_points: int = 100
+  curve_pairs: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoData:
+  """Mixture files (UnifiedReward's train_data.yaml form) and the tokenizer, under workdir/data."""
+  base: str
+  train: str
+  eval: str
+  tokenizer: str
+
+
+def prepare_data(workdir: str, size: DemoSize = DemoSize()) -> DemoData:
+  """The base, reward-train and held-out mixtures and the tokenizer under workdir/data, generated once (the
+  tokenizer, written last, marks them complete)."""
   root = os.path.join(workdir, "data")
   tokenizer_file = os.path.join(root, "tokenizer.json")
   if not os.path.exists(tokenizer_file):
-    shapes.generate(root, num_per_task=TRAIN_PER_TASK, split="train", seed=0)
-    shapes.generate(root, num_per_task=EVAL_PAIRS, split="eval", seed=1)
+    shapes_base.generate_base(root, num_per_kind=size.base_per_kind, split="train", seed=0)
+    shapes.generate(root, num_per_task=size.train_per_task, split="train", seed=0)
+    shapes.generate(root, num_per_task=max(size.eval_pairs, size.eval_points), split="eval", seed=1)
     shapes.shapes_tokenizer().save(tokenizer_file)
-  return os.path.join(root, "train.yaml"), os.path.join(root, "eval.yaml"), tokenizer_file
+  return DemoData(*(os.path.join(root, f) for f in ("train_base.yaml", "train.yaml", "eval.yaml")), tokenizer_file)
 
 
-def pairwise_accuracy(module, params, records, cfg: ExampleConfig, tokenizer, batch_size: int = 16) -> float:
-  """Share of pair records whose known winner's verdict is the most likely continuation among the official ones."""
-  score = jax.jit(lambda p, b: completion_logprobs(module, p, b, logits_chunk=cfg.max_length))
-  rows, owners = [], []
-  for n, record in enumerate(records):
-    for winner, verdict in prompts.template(record.data["task"], "pair").verdicts.items():
+def held_out_records(data: DemoData, task: str, mode: str, count: int) -> list:
+  """The first `count` held-out records of one task × mode."""
+  return [r for r in load_mixture(data.eval) if r.data["task"] == task and r.data["mode"] == mode][:count]
+
+
+def answer_labels(labels: np.ndarray) -> np.ndarray:
+  """`labels` (T,) of an assistant-only example with only the answer's own tokens kept: the labelled run less the
+  chat wrapper around it."""
+  labelled = np.flatnonzero(labels != IGNORE)
+  out = np.full_like(labels, IGNORE)
+  keep = labelled[_ANSWER_HEAD:len(labelled) - _ANSWER_TAIL]
+  out[keep] = labels[keep]
+  return out
+
+
+def verdict_logprobs(module, params, records, cfg: ExampleConfig, tokenizer,
+                     batch_size: int = 32) -> tuple[list[int], np.ndarray]:
+  """(verdicts [1, 2(, 0 the tie)], log p(verdict sentence | prompt) (N, K) fp64): each of the template's verdicts
+  teacher-forced after each pair record's prompt, laid out as the training examples are."""
+  verdicts = sorted(prompts.template(records[0].data["task"], "pair").verdicts, key=lambda k: (k == 0, k))
+  score = jax.jit(lambda p, b: jnp.sum(target_logprobs(module, p, b, logits_chunk=cfg.max_length)[0], axis=1))
+  rows = []
+  for record in records:
+    for verdict in verdicts:
       candidate = copy.deepcopy(record)
-      candidate.data["conversations"][-1]["value"] = verdict
-      rows.append(make_example(candidate, n, cfg, tokenizer))
-      owners.append((n, winner))
+      candidate.data["conversations"][-1]["value"] = prompts.template(record.data["task"], "pair").verdicts[verdict]
+      example = make_example(candidate, 0, cfg, tokenizer)
+      rows.append(example | {"labels": answer_labels(example["labels"])})
   logps = []
   for start in range(0, len(rows), batch_size):
     chunk = rows[start:start + batch_size]
     chunk += [chunk[-1]] * (batch_size - len(chunk))   # a fixed batch shape: one compile
     batch = {k: jnp.asarray(np.stack([r[k] for r in chunk])) for k in MODEL_KEYS}
-    logps += np.asarray(score(params, batch)).tolist()
-  best = {}
-  for (n, winner), logp in zip(owners, logps):
-    if n not in best or logp > best[n][1]:
-      best[n] = (winner, logp)
-  return float(np.mean([best[n][0] == r.data["winner"] for n, r in enumerate(records)]))
+    logps += np.asarray(score(params, batch), np.float64).tolist()
+  return verdicts, np.asarray(logps[:len(rows)]).reshape(len(records), len(verdicts))
+
+
+def pairwise_accuracy(module, params, records, cfg: ExampleConfig, tokenizer, batch_size: int = 32) -> float:
+  """Share of pair records whose known winner's verdict is the most likely among the official ones."""
+  verdicts, logps = verdict_logprobs(module, params, records, cfg, tokenizer, batch_size)
+  picked = np.asarray(verdicts)[np.argmax(logps, axis=1)]
+  return float(np.mean(picked == np.asarray([r.data["winner"] for r in records])))
 
 
 def pointwise_scores(model: LlavaOnevisionForConditionalGeneration, records, cfg: ExampleConfig, tokenizer,
-                     max_new_tokens: int = 64) -> list[float | None]:
+                     max_new_tokens: int = 96, batch_size: int = 50) -> list[float | None]:
   """The model's greedy pointwise answers, parsed; None where no "Final Score:" could be read."""
-  rows = [prompt_ids(tokenizer, r.data["conversations"][0]["value"]) for r in records]
-  visuals = [(item, pixels.transpose(0, 3, 1, 2)) for r in records for item, pixels in visual_inputs(r, cfg)]
-  ids, mask, _ = splice_markers(rows, [item for item, _ in visuals], cfg.layout, cfg.image_token_id,
-                                cfg.video_token_id)
-  tokens = model.generate(ids, mask, visuals=visuals, max_new_tokens=max_new_tokens,
-                          eos_token_id=tokenizer.token_to_id("<|im_end|>"))
-  return [parse_pointwise(tokenizer.decode(row.tolist())) for row in tokens]
+  out = []
+  for start in range(0, len(records), batch_size):
+    chunk = records[start:start + batch_size]
+    rows = [prompt_ids(tokenizer, r.data["conversations"][0]["value"]) for r in chunk]
+    visuals = [(item, pixels.transpose(0, 3, 1, 2)) for r in chunk for item, pixels in visual_inputs(r, cfg)]
+    ids, mask, _ = splice_markers(rows, [item for item, _ in visuals], cfg.layout, cfg.image_token_id,
+                                  cfg.video_token_id)
+    tokens = model.generate(ids, mask, visuals=visuals, max_new_tokens=max_new_tokens,
+                            eos_token_id=tokenizer.token_to_id("<|im_end|>"))
+    out += [parse_pointwise(tokenizer.decode(row.tolist())) for row in tokens]
+  return out
 
 
 def spearman(a, b) -> float:
@@ -103,24 +156,62 @@ def spearman(a, b) -> float:
   return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def evaluate(config, params, eval_mixture: str, tokenizer_file: str) -> dict:
-  """{task: pair_accuracy, pairs, point_spearman, parsed, points} of the reward model `params` on held-out records."""
-  tokenizer = tokenizers.Tokenizer.from_file(tokenizer_file)
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+  """The 95 % Wilson score interval of a binomial proportion (sound near 0 and 1, unlike the normal one)."""
+  if n == 0:
+    return float("nan"), float("nan")
+  p = successes / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return float(centre - half), float(centre + half)
+
+
+def bootstrap_interval(statistic, a, b, reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+  """The 95 % percentile-bootstrap interval of statistic(a, b) over resampled pairs (a_i, b_i)."""
+  a, b = np.asarray(a), np.asarray(b)
+  if len(a) < 2:
+    return float("nan"), float("nan")
+  rng = np.random.default_rng(seed)
+  draws = [statistic(a[i], b[i]) for i in rng.integers(len(a), size=(reps, len(a)))]
+  low, high = np.percentile(draws, [2.5, 97.5])
+  return float(low), float(high)
+
+
+def example_config(config, tokenizer) -> ExampleConfig:
+  """The reward run's example layout, answers labelled alone (for teacher-forced verdicts)."""
+  return ExampleConfig.for_model(model_config(config, tokenizer), config.data.max_length,
+                                 config.data.patches_per_sample, video_frames=config.data.video_frames,
+                                 assistant_only=True)
+
+
+def pairwise_by_task(config, params, data: DemoData, count: int) -> dict[str, float]:
+  """{task: held-out pairwise accuracy} of `params` on the first `count` pairs of each task."""
+  tokenizer = tokenizers.Tokenizer.from_file(data.tokenizer)
+  cfg, module = example_config(config, tokenizer), LlavaOnevision(model_config(config, tokenizer))
+  return {task: pairwise_accuracy(module, params, held_out_records(data, task, "pair", count), cfg, tokenizer)
+          for task in prompts.TASKS}
+
+
+def evaluate(config, params, data: DemoData, size: DemoSize = DemoSize()) -> dict:
+  """{task: {pair_accuracy, pair_interval, pairs, point_spearman, point_interval, parsed, points}} of the reward
+  model `params` on the held-out records."""
+  tokenizer = tokenizers.Tokenizer.from_file(data.tokenizer)
   model = model_config(config, tokenizer)
-  cfg = ExampleConfig.for_model(model, config.data.max_length, config.data.patches_per_sample,
-                                video_frames=config.data.video_frames, assistant_only=True)
-  records = load_mixture(eval_mixture)
-  module = LlavaOnevision(model)
+  cfg, module = example_config(config, tokenizer), LlavaOnevision(model)
   wrapper = LlavaOnevisionForConditionalGeneration.from_params(model, params)
   results = {}
   for task in prompts.TASKS:
-    pairs = [r for r in records if r.data["task"] == task and r.data["mode"] == "pair"]
-    points = [r for r in records if r.data["task"] == task and r.data["mode"] == "point"][:EVAL_POINTS]
+    pairs = held_out_records(data, task, "pair", size.eval_pairs)
+    points = held_out_records(data, task, "point", size.eval_points)
+    verdicts, logps = verdict_logprobs(module, params, pairs, cfg, tokenizer)
+    right = int(np.sum(np.asarray(verdicts)[np.argmax(logps, axis=1)] == [r.data["winner"] for r in pairs]))
     predicted = pointwise_scores(wrapper, points, cfg, tokenizer)
     parsed = [(p, r.data["score"]) for p, r in zip(predicted, points) if p is not None]
-    results[task] = dict(pair_accuracy=pairwise_accuracy(module, params, pairs, cfg, tokenizer), pairs=len(pairs),
-                         point_spearman=spearman(*zip(*parsed)) if len(parsed) > 1 else float("nan"),
-                         parsed=len(parsed), points=len(points))
+    results[task] = dict(
+        pair_accuracy=right / len(pairs), pair_interval=wilson_interval(right, len(pairs)), pairs=len(pairs),
+        point_spearman=spearman(*zip(*parsed)) if len(parsed) > 1 else float("nan"),
+        point_interval=bootstrap_interval(spearman, *zip(*parsed)) if len(parsed) > 1 else (float("nan"),) * 2,
+        parsed=len(parsed), points=len(points))
   return results
 
 
