@@ -5,23 +5,16 @@ the reward model.
 `make demo` generates the data and fills in `data.train` and `data.tokenizer` (launch/shapes_demo.py).
 """
 
-import ml_collections
+from configs import demo
 
 
 def get_config():
-  c = ml_collections.ConfigDict()
-  c.workdir = ""
-  c.seed = 0
-  c.model = ml_collections.ConfigDict(dict(preset="demo_tiny", checkpoint="", dtype="float32"))
-  c.data = ml_collections.ConfigDict(dict(train="", image_folder="", tokenizer="", batch_size=32, max_length=144,
-                                          patches_per_sample=8, buckets=(120,), workers=0, video_frames=4,
-                                          assistant_only=True))
-  c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
-  c.train = ml_collections.ConfigDict(dict(objective="sft", num_steps=1000, num_epochs=0, log_every=25,
-                                           grad_accum=1, logits_chunk=144,
-                                           tunable_parts=("mm_language_model", "mm_mlp_adapter", "mm_vision_tower")))
-  c.optim = ml_collections.ConfigDict(dict(name="adamw", lr=2e-3, schedule="cosine", warmup_ratio=0.05,
-                                           weight_decay=0.0, clip_norm=1.0, projector_lr=2e-3, vision_tower_lr=2e-3))
-  c.checkpoint = ml_collections.ConfigDict(dict(every=250, keep=1))
-  c.remat = "none"
+  c = demo.get_config()
+  c.model.checkpoint = ""   # from scratch
+  # A base dialogue (four turns, or two inputs and four turns) is 100–135 tokens.
+  c.data.update(max_length=144, buckets=(120,))
+  c.train.update(num_steps=1000, logits_chunk=144)
+  # Every part learns at the common rate: there are no features yet to keep.
+  c.optim.update(projector_lr=2e-3, vision_tower_lr=2e-3)
+  c.checkpoint.update(every=250, keep=1)
   return c

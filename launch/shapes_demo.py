@@ -65,7 +65,8 @@ def score_rows(data: demo.DemoData, count: int, path: str) -> str:
 
 def run_demo(workdir: str, size: demo.DemoSize = demo.DemoSize(), base_steps: int | None = None,
              steps: int | None = None, report_pairs: int = 24) -> dict:
-  """All five stages (module docstring); returns the held-out results (also in workdir/results.json)."""
+  """All five stages (module docstring); returns what workdir/results.json holds: {"step", "tasks": the held-out
+  results per task, "curve": {step: pairwise accuracy per task}}."""
   workdir = os.path.abspath(workdir)
   data = demo.prepare_data(workdir, size)
   base, reward = stage_configs(workdir, data, base_steps, steps)
@@ -84,9 +85,9 @@ def run_demo(workdir: str, size: demo.DemoSize = demo.DemoSize(), base_steps: in
                    {task: [curve[s][task] for s in curve] for task in prompts.TASKS},
                    title=f"held-out pairwise accuracy ({size.curve_pairs} pairs per task)", y_range=(0.0, 1.0),
                    reference=0.5, reference_label="chance")
-  results = demo.evaluate(reward, state.params, data, size)
+  results = {"step": int(state.step), "tasks": demo.evaluate(reward, state.params, data, size), "curve": curve}
   with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump({"step": int(state.step), "tasks": results, "curve": curve}, f, indent=1)
+    json.dump(results, f, indent=1)
 
   model = os.path.join(workdir, "model")
   export.export(reward.workdir, model)
@@ -115,8 +116,7 @@ def main(_):
   logging.set_verbosity(logging.ERROR)   # Orbax warns of every checkpoint the curve reads; skipped records are counted
   workdir = os.path.abspath(_WORKDIR.value)
   results = run_demo(workdir, base_steps=_BASE_STEPS.value, steps=_STEPS.value)
-  with open(os.path.join(workdir, "results.json")) as f:
-    print_table(results, json.load(f)["step"])
+  print_table(results["tasks"], results["step"])
   print(f"\naccuracy over training: {os.path.join(workdir, 'accuracy.png')}")
   print(f"the exported reward model: {os.path.join(workdir, 'model')}")
   print(f"its judgements of held-out image-generation pairs: {os.path.join(workdir, 'report.html')}")

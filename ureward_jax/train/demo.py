@@ -34,7 +34,7 @@ from ureward_jax.processing.feature_layout import splice_markers
 from ureward_jax.reward import prompts
 from ureward_jax.reward.parsing import parse_pointwise
 from ureward_jax.runners.llava import LlavaOnevisionForConditionalGeneration
-from ureward_jax.train.tasks.reward_sft import model_config, target_logprobs
+from ureward_jax.train.tasks.reward_sft import completion_logprobs, model_config
 from ureward_jax.train.tasks.vlm_dpo import sequence_logps
 
 DPO_TRAIN_PER_TASK, DPO_EVAL_PER_TASK = 2000, 100
@@ -99,13 +99,14 @@ def verdict_logprobs(module, params, records, cfg: ExampleConfig, tokenizer,
                      batch_size: int = 32) -> tuple[list[int], np.ndarray]:
   """(verdicts [1, 2(, 0 the tie)], log p(verdict sentence | prompt) (N, K) fp64): each of the template's verdicts
   teacher-forced after each pair record's prompt, laid out as the training examples are."""
-  verdicts = sorted(prompts.template(records[0].data["task"], "pair").verdicts, key=lambda k: (k == 0, k))
-  score = jax.jit(lambda p, b: jnp.sum(target_logprobs(module, p, b, logits_chunk=cfg.max_length)[0], axis=1))
+  sentences = prompts.template(records[0].data["task"], "pair").verdicts
+  verdicts = sorted(sentences, key=lambda k: (k == 0, k))
+  score = jax.jit(lambda p, b: completion_logprobs(module, p, b, logits_chunk=cfg.max_length))
   rows = []
   for record in records:
     for verdict in verdicts:
       candidate = copy.deepcopy(record)
-      candidate.data["conversations"][-1]["value"] = prompts.template(record.data["task"], "pair").verdicts[verdict]
+      candidate.data["conversations"][-1]["value"] = sentences[verdict]
       example = make_example(candidate, 0, cfg, tokenizer)
       rows.append(example | {"labels": answer_labels(example["labels"])})
   logps = []
@@ -117,11 +118,16 @@ def verdict_logprobs(module, params, records, cfg: ExampleConfig, tokenizer,
   return verdicts, np.asarray(logps[:len(rows)]).reshape(len(records), len(verdicts))
 
 
-def pairwise_accuracy(module, params, records, cfg: ExampleConfig, tokenizer, batch_size: int = 32) -> float:
-  """Share of pair records whose known winner's verdict is the most likely among the official ones."""
+def judged_right(module, params, records, cfg: ExampleConfig, tokenizer, batch_size: int = 32) -> int:
+  """How many pair records have their known winner's verdict as the most likely among the official ones."""
   verdicts, logps = verdict_logprobs(module, params, records, cfg, tokenizer, batch_size)
   picked = np.asarray(verdicts)[np.argmax(logps, axis=1)]
-  return float(np.mean(picked == np.asarray([r.data["winner"] for r in records])))
+  return int(np.sum(picked == np.asarray([r.data["winner"] for r in records])))
+
+
+def pairwise_accuracy(module, params, records, cfg: ExampleConfig, tokenizer, batch_size: int = 32) -> float:
+  """Share of pair records whose known winner's verdict is the most likely among the official ones."""
+  return judged_right(module, params, records, cfg, tokenizer, batch_size) / len(records)
 
 
 def pointwise_scores(model: LlavaOnevisionForConditionalGeneration, records, cfg: ExampleConfig, tokenizer,
@@ -203,8 +209,7 @@ def evaluate(config, params, data: DemoData, size: DemoSize = DemoSize()) -> dic
   for task in prompts.TASKS:
     pairs = held_out_records(data, task, "pair", size.eval_pairs)
     points = held_out_records(data, task, "point", size.eval_points)
-    verdicts, logps = verdict_logprobs(module, params, pairs, cfg, tokenizer)
-    right = int(np.sum(np.asarray(verdicts)[np.argmax(logps, axis=1)] == [r.data["winner"] for r in pairs]))
+    right = judged_right(module, params, pairs, cfg, tokenizer)
     predicted = pointwise_scores(wrapper, points, cfg, tokenizer)
     parsed = [(p, r.data["score"]) for p, r in zip(predicted, points) if p is not None]
     results[task] = dict(
